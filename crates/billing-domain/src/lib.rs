@@ -1,0 +1,29 @@
+//! The billing domain: money, rates and billable units, and the account
+//! aggregate's `decide`/`evolve`. It does no I/O and has no async: time and
+//! new ids come in with each call, so every function here is deterministic.
+//!
+//! - [`money`]: `Micros` and `Tokens`, with checked arithmetic only.
+//! - [`catalog`]: service types, units, plans, statuses, currencies.
+//! - [`rates`]: the rate table, billable units and the token-first rule.
+//! - [`account`]: the aggregate state and the views replies are built from.
+//! - [`event`]: the events and `Account::apply` (evolve).
+//! - [`command`]: commands, outcomes and rejections.
+//! - [`decide`]: `create` and `execute` (decide).
+
+#![forbid(unsafe_code)]
+
+pub mod account;
+pub mod catalog;
+pub mod command;
+pub mod decide;
+pub mod event;
+pub mod money;
+pub mod rates;
+
+pub use account::{Account, AccountView, Balances, Hold, ReservationView};
+pub use catalog::*;
+pub use command::*;
+pub use decide::{Executed, as_of, create, execute};
+pub use event::{EVENT_SCHEMA_VERSION, Event, Recorded};
+pub use money::{Micros, Overflow, Tokens};
+pub use rates::{ChargeMode, Price, Rate, RateTable, TokenMetering, Usage};

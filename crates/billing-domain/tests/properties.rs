@@ -1,0 +1,178 @@
+//! Property tests: random command sequences conserve money, never make tokens
+//! negative, never let a reservation or debit cross a hard limit, and the
+//! state always equals a fresh fold of the events.
+
+use billing_domain::*;
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use proptest::prelude::*;
+use uuid::Uuid;
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 20, 0, 0, 0).unwrap()
+}
+
+fn service() -> impl Strategy<Value = ServiceType> {
+    prop::sample::select(ServiceType::ALL.to_vec())
+}
+
+fn reservation_id() -> impl Strategy<Value = String> {
+    (0..6u8).prop_map(|n| format!("call-{n}"))
+}
+
+fn command() -> impl Strategy<Value = Command> {
+    let change = (0..200_000i64, 0..50i64).prop_map(|(c, t)| BalanceChange {
+        amount_credit: Micros(c),
+        amount_token: Tokens(t),
+        reference_type: ReferenceType::ManualAdjustment,
+        reference_id: String::new(),
+        note: String::new(),
+    });
+    prop_oneof![
+        change.clone().prop_map(Command::AddBalance),
+        change.prop_map(Command::SubtractBalance),
+        (service(), 0..600_000i64, 0..20i64).prop_map(|(s, ms, q)| {
+            let usage = if s.unit() == Unit::Minute {
+                Usage::DurationMs(ms)
+            } else {
+                Usage::Quantity(q)
+            };
+            Command::Debit(Debit {
+                service_type: s,
+                usage,
+                reference_type: s.reference_type(),
+                reference_id: String::new(),
+            })
+        }),
+        (
+            reservation_id(),
+            service(),
+            1..30i64,
+            any::<bool>(),
+            0..3_600i64
+        )
+            .prop_map(|(id, s, units, partial, ttl)| Command::Reserve(Reserve {
+                reservation_id: id,
+                service_type: s,
+                requested_units: units,
+                allow_partial: partial,
+                ttl_seconds: ttl,
+            })),
+        (reservation_id(), 1..10i64, any::<bool>()).prop_map(|(id, units, partial)| {
+            Command::Extend(Extend {
+                reservation_id: id,
+                additional_units: units,
+                allow_partial: partial,
+            })
+        }),
+        (reservation_id(), 0..1_800_000i64, 0..20i64).prop_map(|(id, ms, q)| {
+            Command::Commit(Commit {
+                reservation_id: id,
+                used_duration_ms: ms,
+                used_quantity: q,
+            })
+        }),
+        reservation_id().prop_map(|id| Command::Release { reservation_id: id }),
+        Just(Command::Housekeep),
+        prop::sample::select(PlanType::ALL.to_vec()).prop_map(|p| Command::Update(AccountPatch {
+            plan_type: Some(p),
+            ..Default::default()
+        })),
+    ]
+}
+
+fn account_kind() -> impl Strategy<Value = (PlanType, CreditLimitType, bool, i64)> {
+    (
+        prop::sample::select(PlanType::ALL.to_vec()),
+        prop::sample::select(vec![CreditLimitType::Hard, CreditLimitType::Soft]),
+        any::<bool>(),
+        0..100_000i64,
+    )
+}
+
+/// Credit and token deltas of one event, as the ledger records them.
+fn deltas(event: &Event) -> (i64, i64) {
+    match event {
+        Event::BalanceAdded(e) => (e.amount_credit.get(), e.amount_token.get()),
+        Event::BalanceSubtracted(e) => (-e.amount_credit.get(), -e.amount_token.get()),
+        Event::Debited(e) => (-e.charged_credit.get(), -e.charged_token.get()),
+        Event::Committed(e) => (-e.charged_credit.get(), -e.charged_token.get()),
+        Event::TokensGranted(e) => (0, e.amount.get()),
+        Event::TokensExpired(e) => (0, -e.amount.get()),
+        _ => (0, 0),
+    }
+}
+
+fn is_spend(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Reserve(_) | Command::Extend(_) | Command::Debit(_) | Command::SubtractBalance(_)
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn random_sequences_keep_the_money_invariants(
+        (plan, limit_type, postpaid, limit) in account_kind(),
+        steps in prop::collection::vec((command(), 0..400_000i64), 1..60),
+    ) {
+        let rates = RateTable::default();
+        let create_cmd = CreateAccount {
+            customer_id: Uuid::nil(),
+            name: String::new(),
+            detail: String::new(),
+            plan_type: plan,
+            currency: Currency::usd(),
+            credit_limit: Micros(limit),
+            credit_limit_type: limit_type,
+            is_postpaid: postpaid,
+            low_balance_threshold: Micros::ZERO,
+            payment_type: String::new(),
+            payment_method: String::new(),
+        };
+        let created = create(Uuid::from_u128(1), &create_cmd, t0()).unwrap();
+        let mut log: Vec<(Event, DateTime<Utc>)> =
+            created.events.iter().map(|r| (r.event.clone(), t0())).collect();
+        let mut account = created.account;
+        let mut now = t0();
+
+        for (command, advance_ms) in steps {
+            now += Duration::milliseconds(advance_ms);
+            let available_before = account.view(now).unwrap().available_credit;
+            let Ok(done) = execute(&account, &command, &Context { now, rates: &rates, resolved: None }) else {
+                continue;
+            };
+            for (i, recorded) in done.events.iter().enumerate() {
+                prop_assert_eq!(recorded.version, account.version + 1 + i as i64);
+                prop_assert!(!recorded.balances.balance_token.is_negative(), "tokens went negative");
+            }
+            log.extend(done.events.iter().map(|r| (r.event.clone(), now)));
+            let after = done.account.view(now).unwrap();
+
+            // A hard limit is never crossed by a reservation, debit or
+            // subtraction: the available credit stays at or above zero, or
+            // did not move when it already was below (a zero-credit charge).
+            if limit_type == CreditLimitType::Hard && is_spend(&command) {
+                prop_assert!(
+                    !after.available_credit.is_negative()
+                        || after.available_credit >= available_before,
+                    "hard limit crossed: {} -> {} by {:?}", available_before, after.available_credit, command
+                );
+            }
+            account = done.account;
+        }
+
+        // Money is conserved: the balances are the sum of the movements.
+        let (credit, tokens) = log.iter().fold((0i64, 0i64), |(c, t), (e, _)| {
+            let (dc, dt) = deltas(e);
+            (c + dc, t + dt)
+        });
+        prop_assert_eq!(account.balance_credit, Micros(credit));
+        prop_assert_eq!(account.balance_token, Tokens(tokens));
+
+        // The state is a fold of its events.
+        let folded = Account::fold(account.id, log.iter().map(|(e, at)| (e, *at))).unwrap().unwrap();
+        prop_assert_eq!(folded, account);
+    }
+}

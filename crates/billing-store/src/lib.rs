@@ -1,0 +1,153 @@
+//! The PostgreSQL event store and the command path. Only this crate contains
+//! SQL.
+//!
+//! - [`Store::create_account`] and [`Store::execute`] run the command path:
+//!   lock the account, check the idempotency record, decide with the pure
+//!   domain, then append the events, update the account's state and
+//!   reservation rows, and store the idempotency record, all in one
+//!   transaction.
+//! - [`Store::account`] reads one account's current state, strongly
+//!   consistent.
+//! - [`Store::read_feed`] follows the global event feed with the
+//!   `(xid, position)` cursor, for the projector and publisher.
+//! - [`migrate`] applies the embedded migrations.
+
+#![forbid(unsafe_code)]
+
+mod command;
+mod error;
+mod feed;
+mod migrate;
+mod read;
+
+use std::sync::Arc;
+
+use billing_domain::RateTable;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+pub use command::Answer;
+pub use error::StoreError;
+pub use feed::{Cursor, StoredEvent};
+pub use migrate::{MIGRATIONS, migrate};
+
+/// Who made a change: recorded on every event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor {
+    pub principal: String,
+    pub role: String,
+}
+
+impl Actor {
+    /// The service itself (the sweeper's housekeeping).
+    pub fn system() -> Self {
+        Self {
+            principal: "billing-sweeper".to_owned(),
+            role: "system".to_owned(),
+        }
+    }
+}
+
+/// An idempotency key and what it was first used for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Idempotency {
+    pub key: String,
+    /// The RPC, so a key reused across RPCs is caught too.
+    pub operation: &'static str,
+    /// A hash of the request without its key: the same key with another
+    /// request is refused.
+    pub request_hash: Vec<u8>,
+}
+
+/// What a command carries besides its own fields.
+#[derive(Clone, Debug)]
+pub struct RequestMeta {
+    pub actor: Actor,
+    pub idempotency: Option<Idempotency>,
+    pub trace_id: Option<String>,
+}
+
+/// The time source; tests may pin it.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// The PostgreSQL store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    /// Connections for commands and reads.
+    pool: Pool,
+    /// Rates for new charges; each charge records the rate it used.
+    rates: Arc<RateTable>,
+    /// Where "now" comes from.
+    clock: Clock,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("pool", &self.pool.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// A store over a pool of at most `pool_size` connections to
+    /// `database_url`. Connects lazily.
+    pub fn connect(
+        database_url: &str,
+        pool_size: usize,
+        rates: RateTable,
+    ) -> Result<Self, StoreError> {
+        let config: tokio_postgres::Config = database_url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| StoreError::Config(e.to_string()))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .wait_timeout(Some(std::time::Duration::from_secs(5)))
+            .create_timeout(Some(std::time::Duration::from_secs(5)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Config(e.to_string()))?;
+        Ok(Self {
+            pool,
+            rates: Arc::new(rates),
+            clock: Arc::new(Utc::now),
+        })
+    }
+
+    /// The same store with another clock.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn rates(&self) -> &RateTable {
+        &self.rates
+    }
+
+    /// The clock's time, to the microsecond: what PostgreSQL keeps, so a
+    /// state folded from stored events equals the stored state.
+    pub fn now(&self) -> DateTime<Utc> {
+        let now = (self.clock)();
+        DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
+        let mut client = self.pool.get().await?;
+        migrate(&mut client).await
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.pool.get().await?.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,391 @@
+//! The event store against a real PostgreSQL: a fresh database per test.
+
+use std::sync::Arc;
+
+use billing_domain::*;
+use billing_store::{Actor, Cursor, Idempotency, RequestMeta, Store, StoreError};
+use billing_testkit::TestDb;
+use uuid::Uuid;
+
+async fn store(db: &TestDb) -> Store {
+    Store::connect(&db.url, 16, RateTable::default()).unwrap()
+}
+
+fn meta(key: Option<&str>, operation: &'static str, hash: &[u8]) -> RequestMeta {
+    RequestMeta {
+        actor: Actor {
+            principal: "tester".into(),
+            role: "project_super_admin".into(),
+        },
+        idempotency: key.map(|k| Idempotency {
+            key: k.into(),
+            operation,
+            request_hash: hash.to_vec(),
+        }),
+        trace_id: Some("trace-1".into()),
+    }
+}
+
+fn new_account(plan: PlanType) -> CreateAccount {
+    CreateAccount {
+        customer_id: Uuid::new_v4(),
+        name: "Primary Account".into(),
+        detail: String::new(),
+        plan_type: plan,
+        currency: Currency::usd(),
+        credit_limit: Micros::ZERO,
+        credit_limit_type: CreditLimitType::Hard,
+        is_postpaid: false,
+        low_balance_threshold: Micros::ZERO,
+        payment_type: String::new(),
+        payment_method: String::new(),
+    }
+}
+
+fn add(credit: i64) -> Command {
+    Command::AddBalance(BalanceChange {
+        amount_credit: Micros(credit),
+        amount_token: Tokens(0),
+        reference_type: ReferenceType::Payment,
+        reference_id: String::new(),
+        note: String::new(),
+    })
+}
+
+async fn created(store: &Store, plan: PlanType, credit: i64) -> Uuid {
+    let id = Uuid::new_v4();
+    store
+        .create_account(id, &meta(None, "create", b""), &new_account(plan))
+        .await
+        .unwrap()
+        .unwrap();
+    if credit > 0 {
+        store
+            .execute(id, &meta(None, "add", b""), &add(credit))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    id
+}
+
+#[tokio::test]
+async fn appended_events_load_back_in_version_order_and_fold_to_the_state() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let id = created(&store, PlanType::Free, 50_000).await;
+    let debit = Command::Debit(Debit {
+        service_type: ServiceType::Sms,
+        usage: Usage::Quantity(2),
+        reference_type: ReferenceType::Sms,
+        reference_id: "msg-1".into(),
+    });
+    store
+        .execute(id, &meta(None, "debit", b""), &debit)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let events = store.account_events(id).await.unwrap();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "account_created",
+            "tokens_granted",
+            "balance_added",
+            "debited"
+        ]
+    );
+    assert_eq!(
+        events.iter().map(|e| e.version).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    let last = events.last().unwrap();
+    assert_eq!(last.balances.balance_credit, Micros(30_000));
+    assert_eq!(
+        last.actor,
+        Actor {
+            principal: "tester".into(),
+            role: "project_super_admin".into()
+        }
+    );
+    assert_eq!(last.trace_id.as_deref(), Some("trace-1"));
+    assert_eq!(last.schema_version, EVENT_SCHEMA_VERSION);
+
+    let state = store.account(id).await.unwrap().unwrap();
+    let folded = Account::fold(id, events.iter().map(|e| (&e.event, e.occurred_at)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(folded, state);
+}
+
+#[tokio::test]
+async fn concurrent_commands_on_one_account_serialize_into_contiguous_versions() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let id = created(&store, PlanType::Free, 0).await;
+    let tasks = (0..32).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .execute(id, &meta(None, "add", b""), &add(1_000))
+                .await
+        })
+    });
+    for task in futures::future::join_all(tasks).await {
+        task.unwrap().unwrap().unwrap();
+    }
+    let events = store.account_events(id).await.unwrap();
+    let versions: Vec<i64> = events.iter().map(|e| e.version).collect();
+    assert_eq!(versions, (1..=34).collect::<Vec<_>>());
+    assert_eq!(
+        store.account(id).await.unwrap().unwrap().balance_credit,
+        Micros(32_000)
+    );
+}
+
+#[tokio::test]
+async fn the_database_refuses_a_second_event_at_the_same_version() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let id = created(&store, PlanType::Free, 0).await;
+    let client = db.client().await;
+    let err = client
+        .execute(
+            "INSERT INTO events (event_id, account_id, version, event_type, schema_version, occurred_at,
+                                 actor_principal, actor_role, payload, balance_credit, balance_token,
+                                 reserved_credit, reserved_token, available_credit, available_token)
+             VALUES ($1, $2, 2, 'balance_added', 1, now(), 'x', 'x', '{}', 0, 0, 0, 0, 0, 0)",
+            &[&Uuid::new_v4(), &id],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("23505"), "{err}");
+    assert!(
+        StoreError::from(err).is_retryable(),
+        "a version conflict is retried"
+    );
+}
+
+#[tokio::test]
+async fn the_events_table_is_append_only() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    created(&store, PlanType::Free, 10).await;
+    let client = db.client().await;
+    for sql in [
+        "UPDATE events SET balance_credit = 999999",
+        "DELETE FROM events",
+        "TRUNCATE events",
+    ] {
+        let err = client.batch_execute(sql).await.unwrap_err();
+        assert!(
+            err.to_string().contains("append-only") || format!("{err:?}").contains("append-only"),
+            "{sql}: {err:?}"
+        );
+    }
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 3);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_replays_the_first_outcome_and_refuses_another_request() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let id = created(&store, PlanType::Free, 0).await;
+    let first = store
+        .execute(id, &meta(Some("k1"), "add", b"req-a"), &add(5_000))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .execute(id, &meta(None, "add", b""), &add(1))
+        .await
+        .unwrap()
+        .unwrap();
+    let again = store
+        .execute(id, &meta(Some("k1"), "add", b"req-a"), &add(5_000))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again, first, "the first response, not the current state");
+    let other = store
+        .execute(id, &meta(Some("k1"), "add", b"req-b"), &add(7))
+        .await
+        .unwrap();
+    assert_eq!(other, Err(Rejection::IdempotencyKeyReused));
+    let other_rpc = store
+        .execute(id, &meta(Some("k1"), "subtract", b"req-a"), &add(5_000))
+        .await
+        .unwrap();
+    assert_eq!(other_rpc, Err(Rejection::IdempotencyKeyReused));
+    assert_eq!(
+        store.account(id).await.unwrap().unwrap().balance_credit,
+        Micros(5_001)
+    );
+
+    // Concurrent first uses of one key apply once.
+    let tasks = (0..16).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .execute(id, &meta(Some("k2"), "add", b"req-c"), &add(100))
+                .await
+        })
+    });
+    let outcomes: Vec<_> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|t| t.unwrap().unwrap().unwrap())
+        .collect();
+    assert!(outcomes.windows(2).all(|w| w[0] == w[1]));
+    assert_eq!(
+        store.account(id).await.unwrap().unwrap().balance_credit,
+        Micros(5_101)
+    );
+}
+
+#[tokio::test]
+async fn a_rejected_command_changes_nothing() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let id = created(&store, PlanType::Free, 1_000).await;
+    let before = store.account_events(id).await.unwrap();
+    let debit = Command::Debit(Debit {
+        service_type: ServiceType::Number,
+        usage: Usage::Quantity(1),
+        reference_type: ReferenceType::Number,
+        reference_id: String::new(),
+    });
+    let answer = store
+        .execute(id, &meta(Some("k"), "debit", b"x"), &debit)
+        .await
+        .unwrap();
+    assert!(matches!(answer, Err(Rejection::InsufficientBalance { .. })));
+    assert_eq!(store.account_events(id).await.unwrap(), before);
+    let keys: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM idempotency_keys", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        keys, 0,
+        "a refusal is not remembered: the caller may retry after topping up"
+    );
+}
+
+/// Follows the feed like a reader does, until it has seen `want` events in
+/// all or `ms` milliseconds have passed. (The feed may lag: the snapshot's xmin
+/// is cluster-wide, so transactions in other tests' databases hold it back.)
+async fn follow(
+    store: &Store,
+    cursor: &mut Cursor,
+    seen: &mut Vec<(Uuid, i64)>,
+    want: usize,
+    ms: u64,
+) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(ms);
+    while seen.len() < want && tokio::time::Instant::now() < deadline {
+        for e in store.read_feed(*cursor, 1_000).await.unwrap() {
+            assert!(e.cursor > *cursor, "the cursor only moves forward");
+            *cursor = e.cursor;
+            seen.push((e.account_id, e.version));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_feed_never_skips_an_event_of_a_slow_open_transaction() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let a = created(&store, PlanType::Unlimited, 0).await;
+    let b = created(&store, PlanType::Unlimited, 0).await;
+    let mut cursor = Cursor::START;
+    let mut seen = Vec::new();
+    follow(&store, &mut cursor, &mut seen, 2, 5_000).await;
+    assert_eq!(seen, [(a, 1), (b, 1)]);
+
+    // A slow writer takes its position first and commits last.
+    let mut slow = db.client().await;
+    let slow_tx = slow.transaction().await.unwrap();
+    slow_tx
+        .execute(
+            "INSERT INTO events (event_id, account_id, version, event_type, schema_version, occurred_at,
+                                 actor_principal, actor_role, payload, balance_credit, balance_token,
+                                 reserved_credit, reserved_token, available_credit, available_token)
+             VALUES ($1, $2, 2, 'account_updated', 1, now(), 'slow', 'test', '{\"type\":\"account_updated\"}',
+                     0, 0, 0, 0, 0, 0)",
+            &[&Uuid::new_v4(), &a],
+        )
+        .await
+        .unwrap();
+    // A fast writer commits meanwhile: a reader following `position` alone
+    // would read it and move past the slow one's lower position for good.
+    store
+        .execute(b, &meta(None, "add", b""), &add(5))
+        .await
+        .unwrap()
+        .unwrap();
+    follow(&store, &mut cursor, &mut seen, 3, 500).await;
+    assert_eq!(
+        seen.len(),
+        2,
+        "nothing is read past a transaction still open"
+    );
+
+    slow_tx.commit().await.unwrap();
+    follow(&store, &mut cursor, &mut seen, 4, 5_000).await;
+    let mut later = seen[2..].to_vec();
+    later.sort();
+    let mut expected = vec![(a, 2), (b, 2)];
+    expected.sort();
+    assert_eq!(later, expected, "both events, the slow one included");
+}
+
+#[tokio::test]
+async fn concurrent_reserves_never_cross_a_hard_limit() {
+    let db = TestDb::new().await;
+    let store = Arc::new(store(&db).await);
+    let id = created(&store, PlanType::Free, 95_000).await;
+    let tasks = (0..64).map(|n| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let cmd = Command::Reserve(Reserve {
+                reservation_id: format!("call-{n}"),
+                service_type: ServiceType::CallPstnOutgoing,
+                requested_units: 1,
+                allow_partial: false,
+                ttl_seconds: 600,
+            });
+            store
+                .execute(id, &meta(None, "reserve", b""), &cmd)
+                .await
+                .unwrap()
+        })
+    });
+    let granted = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .filter(|t| t.as_ref().unwrap().is_ok())
+        .count();
+    assert_eq!(
+        granted, 9,
+        "95,000 micros hold exactly nine 10,000-micro minutes"
+    );
+    let view = store
+        .account(id)
+        .await
+        .unwrap()
+        .unwrap()
+        .view(store.now())
+        .unwrap();
+    assert_eq!(view.available_credit, Micros(5_000));
+}

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# A private PostgreSQL server for development and tests, from the system's
+# server binaries (Debian's `postgresql` package, installed when missing).
+#
+#   scripts/pg.sh start DATADIR PORT [--ephemeral]   start (initdb when new); prints the URL
+#   scripts/pg.sh stop DATADIR                       stop it
+#
+# --ephemeral wipes DATADIR first and turns durability off (fsync): for tests.
+# PostgreSQL refuses to run as root, so as root the server runs as `postgres`.
+set -euo pipefail
+
+die() { echo "pg.sh: $*" >&2; exit 1; }
+
+bindir() {
+  local dir
+  for dir in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+    [ -x "$dir/initdb" ] && { echo "$dir"; return; }
+  done
+  return 1
+}
+
+ensure_binaries() {
+  bindir >/dev/null && return
+  echo "pg.sh: installing PostgreSQL server binaries from Debian's packages..." >&2
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >&2
+  bindir >/dev/null || die "no initdb after installing postgresql"
+}
+
+# Runs a server binary as the user that owns the cluster.
+as_owner() {
+  if [ "$(id -u)" -eq 0 ]; then
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+cmd=${1:-}; datadir=${2:-}
+[ -n "$cmd" ] && [ -n "$datadir" ] || die "usage: pg.sh start|stop DATADIR [PORT] [--ephemeral]"
+datadir=$(realpath -m "$datadir")
+
+case "$cmd" in
+  start)
+    port=${3:?port}; ephemeral=${4:-}
+    ensure_binaries
+    bin=$(bindir)
+    if [ "$ephemeral" = "--ephemeral" ] && [ -d "$datadir" ]; then
+      as_owner "$bin/pg_ctl" -D "$datadir" -m immediate stop >/dev/null 2>&1 || true
+      rm -rf "$datadir"
+    fi
+    if [ ! -f "$datadir/PG_VERSION" ]; then
+      mkdir -p "$datadir"
+      [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$datadir"
+      chmod 700 "$datadir"
+      as_owner "$bin/initdb" -D "$datadir" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null \
+        || as_owner "$bin/initdb" -D "$datadir" -U postgres --auth=trust -E UTF8 --no-locale >/dev/null
+      {
+        echo "listen_addresses = '127.0.0.1'"
+        echo "unix_socket_directories = '$datadir'"
+        echo "max_connections = 300"
+        echo "shared_buffers = 256MB"
+        if [ "$ephemeral" = "--ephemeral" ]; then
+          echo "fsync = off"
+          echo "synchronous_commit = off"
+          echo "full_page_writes = off"
+        fi
+      } >> "$datadir/postgresql.conf"
+    fi
+    if ! as_owner "$bin/pg_ctl" -D "$datadir" status >/dev/null 2>&1; then
+      as_owner "$bin/pg_ctl" -D "$datadir" -o "-p $port" -l "$datadir/server.log" -w -t 60 start >/dev/null \
+        || { tail -n 20 "$datadir/server.log" >&2; die "PostgreSQL did not start"; }
+    fi
+    echo "postgres://postgres@127.0.0.1:$port/postgres"
+    ;;
+  stop)
+    bin=$(bindir) || exit 0
+    [ -f "$datadir/PG_VERSION" ] || exit 0
+    as_owner "$bin/pg_ctl" -D "$datadir" -m fast -w stop >/dev/null 2>&1 || true
+    ;;
+  *) die "unknown command $cmd" ;;
+esac

@@ -620,3 +620,62 @@ pub fn validate_reservation_id(id: &str) -> Result<(), Rejection> {
     }
     Ok(())
 }
+
+/// What usage would cost, and, against an account, whether it can pay now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quote {
+    pub rate: Rate,
+    pub price: Price,
+    /// `None` without an account.
+    pub affordable: Option<bool>,
+    /// `None` without an account; `i64::MAX` when nothing limits it.
+    pub max_affordable_units: Option<i64>,
+}
+
+/// Prices `usage` of `service`: without an account, the worst case (every
+/// unit on credit); with one, the real token/credit split for its balance at
+/// `now`, by the same rule a reserve applies.
+pub fn quote(
+    rates: &crate::rates::RateTable,
+    service: crate::catalog::ServiceType,
+    usage: Usage,
+    account: Option<&Account>,
+    now: DateTime<Utc>,
+) -> Result<Quote, Rejection> {
+    let rate = rates.get(service);
+    let units = usage.billable_units();
+    let Some(account) = account else {
+        let worst = rate.price(units, Tokens::ZERO, crate::rates::TokenMetering::Metered)?;
+        return Ok(Quote {
+            rate,
+            price: worst,
+            affordable: None,
+            max_affordable_units: None,
+        });
+    };
+    let draft = Draft {
+        account: as_of(account, now)?,
+        events: Vec::new(),
+        now,
+        expired_now: BTreeMap::new(),
+    };
+    let metering = draft.account.metering();
+    let tokens = draft.available_tokens()?;
+    let credit = draft.available_credit()?;
+    let price = rate.price(units, tokens, metering)?;
+    let frozen = draft.account.status == AccountStatus::Frozen;
+    let soft = draft.account.credit_limit_type == crate::catalog::CreditLimitType::Soft;
+    let max = if frozen {
+        0
+    } else if soft {
+        i64::MAX
+    } else {
+        rate.max_affordable_units(i64::MAX, tokens, credit, metering)
+    };
+    Ok(Quote {
+        rate,
+        price,
+        affordable: Some(!frozen && draft.fits(price.credit, credit)?),
+        max_affordable_units: Some(max),
+    })
+}

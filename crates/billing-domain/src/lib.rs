@@ -23,7 +23,7 @@ pub mod rates;
 pub use account::{Account, AccountView, Balances, Hold, ReservationView};
 pub use catalog::*;
 pub use command::*;
-pub use decide::{Executed, as_of, create, execute};
+pub use decide::{Executed, Quote, as_of, create, execute, quote};
 pub use event::{EVENT_SCHEMA_VERSION, Event, Recorded};
 pub use money::{Micros, Overflow, Tokens};
 pub use rates::{ChargeMode, Price, Rate, RateTable, TokenMetering, Usage};

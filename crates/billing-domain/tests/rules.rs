@@ -641,3 +641,49 @@ fn every_event_carries_the_balances_after_it_and_folds_back_to_the_state() {
     assert_eq!(last.balances.available_credit, Micros(80_000));
     assert_eq!(last.version, held.account.version);
 }
+
+#[test]
+fn a_quote_without_an_account_is_the_worst_case_and_with_one_the_real_split() {
+    let rates = RateTable::default();
+    let worst = quote(
+        &rates,
+        ServiceType::CallVn,
+        Usage::DurationMs(300_000),
+        None,
+        t0(),
+    )
+    .unwrap();
+    assert_eq!(
+        (worst.price.units, worst.price.tokens, worst.price.credit),
+        (5, Tokens(0), Micros(5_000))
+    );
+    assert_eq!((worst.affordable, worst.max_affordable_units), (None, None));
+    let account = when(&given(PlanType::Free, 2_500), subtract(0, 97))
+        .unwrap()
+        .account;
+    let real = quote(
+        &rates,
+        ServiceType::CallVn,
+        Usage::DurationMs(300_000),
+        Some(&account),
+        t0(),
+    )
+    .unwrap();
+    assert_eq!(
+        (real.price.tokens, real.price.credit),
+        (Tokens(3), Micros(2_000))
+    );
+    assert_eq!(
+        (real.affordable, real.max_affordable_units),
+        (Some(true), Some(5))
+    );
+    let too_long = quote(
+        &rates,
+        ServiceType::CallVn,
+        Usage::DurationMs(600_000),
+        Some(&account),
+        t0(),
+    )
+    .unwrap();
+    assert_eq!(too_long.affordable, Some(false));
+}

@@ -1,0 +1,191 @@
+//! Conversions between protobuf messages and domain types.
+
+use billing_domain as domain;
+use billing_domain::{AccountView, CommitOutcome, ReservationView};
+use billing_proto::v1 as pb;
+use chrono::{DateTime, Utc};
+use tonic::Status;
+use uuid::Uuid;
+
+use crate::status::invalid;
+
+/// Maps a domain enum to its protobuf twin and back; both name their
+/// variants alike, and the protobuf one adds `Unspecified`.
+macro_rules! map_enum {
+    ($domain:ident, $field:literal, [$($variant:ident),+ $(,)?]) => {
+        impl ToProto for domain::$domain {
+            type Proto = pb::$domain;
+            fn to_proto(self) -> pb::$domain {
+                match self {
+                    $(domain::$domain::$variant => pb::$domain::$variant),+
+                }
+            }
+        }
+
+        impl FromProto<pb::$domain> for domain::$domain {
+            const FIELD: &'static str = $field;
+            fn from_proto(value: pb::$domain) -> Option<Self> {
+                match value {
+                    $(pb::$domain::$variant => Some(domain::$domain::$variant),)+
+                    pb::$domain::Unspecified => None,
+                }
+            }
+        }
+    };
+}
+
+pub trait ToProto {
+    type Proto;
+    fn to_proto(self) -> Self::Proto;
+}
+
+pub trait FromProto<P>: Sized {
+    const FIELD: &'static str;
+    fn from_proto(value: P) -> Option<Self>;
+}
+
+map_enum!(
+    ServiceType,
+    "service_type",
+    [
+        CallVn,
+        CallPstnOutgoing,
+        CallPstnIncoming,
+        CallExtension,
+        Sms,
+        Email,
+        Number,
+        NumberRenew,
+        Tts,
+        Recording,
+    ]
+);
+map_enum!(
+    PlanType,
+    "plan_type",
+    [Free, Basic, Professional, Unlimited]
+);
+map_enum!(PlanStatus, "plan_status", [Active, Canceling]);
+map_enum!(AccountStatus, "status", [Active, Frozen]);
+map_enum!(CreditLimitType, "credit_limit_type", [Hard, Soft]);
+map_enum!(
+    ReservationStatus,
+    "status",
+    [Active, Committed, Released, Expired]
+);
+map_enum!(
+    ReferenceType,
+    "reference_type",
+    [
+        Call,
+        Sms,
+        Email,
+        Number,
+        NumberRenew,
+        Tts,
+        Recording,
+        Payment,
+        Refund,
+        ManualAdjustment,
+        MonthlyAllowance,
+    ]
+);
+
+/// A required enum field: its raw value must name a known, specified variant.
+pub fn required<P, D>(raw: i32) -> Result<D, Status>
+where
+    P: TryFrom<i32>,
+    D: FromProto<P>,
+{
+    P::try_from(raw)
+        .ok()
+        .and_then(D::from_proto)
+        .ok_or_else(|| invalid(D::FIELD, format!("unknown or unspecified value {raw}")))
+}
+
+/// An enum field with a default for `UNSPECIFIED`; unknown values are refused.
+pub fn or_default<P, D>(raw: i32, default: D) -> Result<D, Status>
+where
+    P: TryFrom<i32>,
+    D: FromProto<P>,
+{
+    if raw == 0 {
+        return Ok(default);
+    }
+    required::<P, D>(raw)
+}
+
+/// A required UUID field.
+pub fn uuid(field: &'static str, value: &str) -> Result<Uuid, Status> {
+    if value.is_empty() {
+        return Err(invalid(field, "is required"));
+    }
+    Uuid::parse_str(value).map_err(|_| invalid(field, "must be a UUID"))
+}
+
+pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+pub fn account(v: &AccountView) -> pb::BillingAccount {
+    pb::BillingAccount {
+        id: v.id.to_string(),
+        customer_id: v.customer_id.to_string(),
+        name: v.name.clone(),
+        detail: v.detail.clone(),
+        plan_type: v.plan_type.to_proto().into(),
+        plan_status: v.plan_status.to_proto().into(),
+        status: v.status.to_proto().into(),
+        currency: v.currency.to_string(),
+        balance_credit: v.balance_credit.get(),
+        balance_token: v.balance_token.get(),
+        reserved_credit: v.reserved_credit.get(),
+        reserved_token: v.reserved_token.get(),
+        available_credit: v.available_credit.get(),
+        available_token: v.available_token.get(),
+        credit_limit: v.credit_limit.get(),
+        credit_limit_type: v.credit_limit_type.to_proto().into(),
+        is_postpaid: v.is_postpaid,
+        low_balance_threshold: v.low_balance_threshold.get(),
+        payment_type: v.payment_type.clone(),
+        payment_method: v.payment_method.clone(),
+        tm_last_topup: v.tm_last_topup.map(timestamp),
+        tm_next_topup: v.tm_next_topup.map(timestamp),
+        tm_create: Some(timestamp(v.tm_create)),
+        tm_update: Some(timestamp(v.tm_update)),
+        tm_delete: v.tm_delete.map(timestamp),
+        version: v.version,
+        over_limit: v.over_limit,
+    }
+}
+
+pub fn reservation(v: &ReservationView) -> pb::Reservation {
+    pb::Reservation {
+        reservation_id: v.reservation_id.clone(),
+        account_id: v.account_id.to_string(),
+        service_type: v.service_type.to_proto().into(),
+        status: v.status.to_proto().into(),
+        granted_units: v.granted_units,
+        reserved_token: v.reserved_token.get(),
+        reserved_credit: v.reserved_credit.get(),
+        expires_at: Some(timestamp(v.expires_at)),
+        requested_units: v.requested_units,
+        partial: v.granted_units < v.requested_units,
+        account_version: v.account_version,
+    }
+}
+
+pub fn commit(c: &CommitOutcome) -> pb::CommitResponse {
+    pb::CommitResponse {
+        billable_units: c.billable_units,
+        charged_token: c.charged_token.get(),
+        charged_credit: c.charged_credit.get(),
+        released_token: c.released_token.get(),
+        released_credit: c.released_credit.get(),
+        account: Some(account(&c.account)),
+        reservation_id: c.reservation_id.clone(),
+    }
+}

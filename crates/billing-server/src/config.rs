@@ -1,0 +1,111 @@
+//! Configuration, read once at start-up from flags and `BILLING_*`
+//! environment variables.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use billing_domain::RateTable;
+
+/// A database URL. It may hold a password, so it never prints.
+#[derive(Clone)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DatabaseUrl(<redacted>)")
+    }
+}
+
+/// A process role. One binary runs any of them, or all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// The gRPC API.
+    Api,
+    /// Records expired holds and monthly token resets as events.
+    Sweeper,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL, e.g. postgres://user@127.0.0.1:5432/billing.
+    #[arg(long, env = "BILLING_DATABASE_URL")]
+    pub database_url: DatabaseUrl,
+    /// Connections in the pool.
+    #[arg(long, env = "BILLING_DB_POOL_SIZE", default_value_t = 32)]
+    pub pool_size: usize,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServeConfig {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Where the gRPC API listens.
+    #[arg(long, env = "BILLING_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+    /// The roles this process runs.
+    #[arg(
+        long,
+        env = "BILLING_ROLES",
+        value_delimiter = ',',
+        default_value = "api,sweeper"
+    )]
+    pub roles: Vec<Role>,
+    /// A TOML rate table replacing the default one (see `billing rates`).
+    #[arg(long, env = "BILLING_RATE_TABLE")]
+    pub rate_table: Option<PathBuf>,
+    /// How often the sweeper looks for expired holds and due token resets.
+    #[arg(long, env = "BILLING_SWEEP_INTERVAL_MS", default_value_t = 1_000)]
+    pub sweep_interval_ms: u64,
+    /// Apply pending migrations before serving.
+    #[arg(long, env = "BILLING_MIGRATE", default_value_t = false)]
+    pub migrate: bool,
+}
+
+impl ServeConfig {
+    /// A configuration for `database_url` with every default: what tests use.
+    pub fn for_database(database_url: &str) -> Self {
+        Self {
+            database: DatabaseArgs {
+                database_url: DatabaseUrl(database_url.to_owned()),
+                pool_size: 16,
+            },
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            roles: vec![Role::Api, Role::Sweeper],
+            rate_table: None,
+            sweep_interval_ms: 200,
+            migrate: true,
+        }
+    }
+
+    pub fn sweep_interval(&self) -> Duration {
+        Duration::from_millis(self.sweep_interval_ms.max(10))
+    }
+
+    /// The configured rate table, or the default one.
+    pub fn rates(&self) -> anyhow::Result<RateTable> {
+        let Some(path) = &self.rate_table else {
+            return Ok(RateTable::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the rate table {}", path.display()))?;
+        RateTable::from_toml(&text).with_context(|| format!("in the rate table {}", path.display()))
+    }
+}

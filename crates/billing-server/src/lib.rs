@@ -7,9 +7,11 @@
 //! - [`config`]: flags and `BILLING_*` environment variables.
 //! - [`telemetry`]: log output.
 //! - [`sweeper`]: the sweeper role.
+//! - [`call`]: `billing call`, a JSON client for trying the API.
 
 #![forbid(unsafe_code)]
 
+pub mod call;
 pub mod config;
 pub mod sweeper;
 pub mod telemetry;

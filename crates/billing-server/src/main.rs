@@ -33,6 +33,20 @@ enum Cmd {
     Migrate(DatabaseArgs),
     /// Print the default rate table as TOML (a starting point for BILLING_RATE_TABLE).
     Rates,
+    /// Call one RPC with a JSON request and print the JSON reply.
+    Call {
+        /// The RPC, e.g. CreateBillingAccount.
+        method: String,
+        /// The request as JSON (proto3 JSON mapping; field names as in the .proto or camelCase).
+        #[arg(default_value = "{}")]
+        json: String,
+        /// The service's address.
+        #[arg(long, env = "BILLING_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+        addr: String,
+        /// A bearer token to send.
+        #[arg(long, env = "BILLING_TOKEN")]
+        token: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -54,6 +68,12 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(applied, "migrations are up to date");
             Ok(())
         }
+        Cmd::Call {
+            method,
+            json,
+            addr,
+            token,
+        } => billing_server::call::run(&addr, token.as_deref(), &method, &json).await,
         Cmd::Rates => {
             print!("{}", billing_domain::RateTable::default().to_toml());
             Ok(())

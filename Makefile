@@ -1,0 +1,22 @@
+# The commands a developer and CI use. See README.md.
+.PHONY: run test lint fmt check
+
+# Start PostgreSQL (unless BILLING_DATABASE_URL is set), migrate, and serve
+# gRPC on 127.0.0.1:50051 (BILLING_GRPC_ADDR). Ctrl-C stops everything.
+run:
+	scripts/dev.sh run
+
+# Run every test, against a throwaway PostgreSQL it starts and stops.
+test:
+	scripts/dev.sh test
+
+# Formatting and lints, as CI checks them.
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+check:
+	cargo check --workspace --all-targets

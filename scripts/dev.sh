@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The two commands behind `make run` and `make test`.
+#
+#   scripts/dev.sh run    PostgreSQL (unless BILLING_DATABASE_URL is set),
+#                         migrations, and every service role; Ctrl-C stops all.
+#   scripts/dev.sh test   a throwaway PostgreSQL, then the whole test suite.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+dev="$root/.dev"
+mkdir -p "$dev"
+
+# The first free TCP port on loopback from $1 upwards.
+free_port() {
+  local port
+  for port in $(seq "$1" $(( $1 + 200 ))); do
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "$port"
+      return
+    fi
+  done
+  echo "dev.sh: no free port from $1" >&2
+  return 1
+}
+
+started_pg=()
+cleanup() {
+  local dir
+  for dir in "${started_pg[@]}"; do
+    "$root/scripts/pg.sh" stop "$dir" || true
+  done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+cmd_run() {
+  if [ -z "${BILLING_DATABASE_URL:-}" ]; then
+    local port=${BILLING_DEV_PG_PORT:-55433} admin
+    if ! admin=$("$root/scripts/pg.sh" start "$dev/pg" "$port" 2>"$dev/pg-start.log"); then
+      port=$(free_port 55434)
+      admin=$("$root/scripts/pg.sh" start "$dev/pg" "$port")
+    fi
+    started_pg+=("$dev/pg")
+    psql "$admin" -qAtc "SELECT 1 FROM pg_database WHERE datname = 'billing'" | grep -q 1 \
+      || psql "$admin" -qc "CREATE DATABASE billing"
+    export BILLING_DATABASE_URL="postgres://postgres@127.0.0.1:$port/billing"
+    echo "PostgreSQL (data in .dev/pg) at 127.0.0.1:$port, database billing"
+  fi
+  cargo build --bin billing
+  local bin="$root/target/debug/billing"
+  "$bin" migrate
+  local addr=${BILLING_GRPC_ADDR:-127.0.0.1:50051}
+  export BILLING_GRPC_ADDR="$addr"
+  cat <<TXT
+
+billing: gRPC API on $addr (health and reflection included)
+Call it from another terminal, e.g.:
+  target/debug/billing call CreateBillingAccount '{"customerId": "5e4a0680-804e-11ec-8477-2fea5968d85b", "name": "Primary Account"}'
+  target/debug/billing call Rate '{"serviceType": "SERVICE_TYPE_CALL_PSTN_OUTGOING", "durationMs": 150000}'
+The README walks through a whole call. Ctrl-C stops everything.
+
+TXT
+  # The server runs as a child so that a signal to this script reaches it
+  # too; then the EXIT trap stops the PostgreSQL started above.
+  "$bin" serve &
+  local server=$!
+  trap 'kill -TERM "$server" 2>/dev/null || true' INT TERM
+  wait "$server" || true
+  wait "$server" 2>/dev/null || true
+}
+
+cmd_test() {
+  local port admin
+  port=$(free_port 55432)
+  admin=$("$root/scripts/pg.sh" start "$dev/pg-test" "$port" --ephemeral)
+  started_pg+=("$dev/pg-test")
+  echo "test PostgreSQL at 127.0.0.1:$port (throwaway, in .dev/pg-test)"
+  export BILLING_TEST_DATABASE_URL="$admin"
+  cargo test --workspace --no-fail-fast
+}
+
+case "${1:-}" in
+  run) cmd_run ;;
+  test) cmd_test ;;
+  *) echo "usage: scripts/dev.sh run|test" >&2; exit 2 ;;
+esac

@@ -138,8 +138,14 @@ fn usage(
 /// A store result as a gRPC result.
 fn settle(result: Result<Answer, StoreError>) -> Result<Outcome, Status> {
     match result {
-        Ok(Ok(outcome)) => Ok(outcome),
-        Ok(Err(rejection)) => Err(rejected(&rejection)),
+        Ok(Ok(outcome)) => {
+            tracing::debug!("applied");
+            Ok(outcome)
+        }
+        Ok(Err(rejection)) => {
+            tracing::info!(reason = rejection.reason(), %rejection, "rejected");
+            Err(rejected(&rejection))
+        }
         Err(error) => Err(store_failed(&error)),
     }
 }

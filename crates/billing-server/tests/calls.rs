@@ -476,3 +476,35 @@ async fn twenty_concurrent_retries_of_one_debit_charge_once() {
         1
     );
 }
+
+#[tokio::test]
+async fn two_replicas_on_one_database_never_cross_a_hard_limit_together() {
+    let app = TestApp::spawn().await;
+    let mut config = billing_server::ServeConfig::for_database(&app.db.url);
+    config.roles = vec![billing_server::Role::Api];
+    let replica = billing_server::Application::build(config).await.unwrap();
+    let replica_addr = replica.local_addr().unwrap();
+    tokio::spawn(replica.run(std::future::pending()));
+    let second =
+        pb::billing_service_client::BillingServiceClient::connect(format!("http://{replica_addr}"))
+            .await
+            .unwrap();
+
+    let account = app.account(105_000).await;
+    let calls = (0..40).map(|n| {
+        let mut client = if n % 2 == 0 {
+            app.client.clone()
+        } else {
+            second.clone()
+        };
+        let request = reserve(&format!("replica-{n}"), &account.id, S::CallPstnOutgoing, 1);
+        tokio::spawn(async move { client.reserve(request).await.is_ok() })
+    });
+    let granted = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap())
+        .count();
+    assert_eq!(granted, 10);
+    assert_eq!(app.get(&account.id).await.available_credit, 5_000);
+}

@@ -1,0 +1,130 @@
+//! The real `billing` binary, killed with SIGKILL under load: no acknowledged
+//! change is lost, and retrying every request afterwards applies each once.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use billing_proto::v1 as pb;
+use billing_proto::v1::billing_service_client::BillingServiceClient;
+use billing_testkit::TestDb;
+
+fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// Starts `billing serve` and waits until it answers.
+async fn start(db: &TestDb, addr: &str) -> (Child, support::Client) {
+    let child = Command::new(env!("CARGO_BIN_EXE_billing"))
+        .args(["serve", "--migrate"])
+        .env("BILLING_DATABASE_URL", &db.url)
+        .env("BILLING_GRPC_ADDR", addr)
+        .env("BILLING_DB_POOL_SIZE", "8")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start billing");
+    for _ in 0..200 {
+        if let Ok(client) = BillingServiceClient::connect(format!("http://{addr}")).await {
+            return (child, client);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("billing did not start on {addr}");
+}
+
+fn add(account_id: &str, key: &str) -> pb::AddBalanceRequest {
+    pb::AddBalanceRequest {
+        account_id: account_id.to_owned(),
+        amount_credit: 1_000,
+        idempotency_key: key.to_owned(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn no_acknowledged_change_is_lost_when_the_server_is_killed() {
+    let db = TestDb::new().await;
+    let addr = free_addr();
+    let (mut server, mut client) = start(&db, &addr).await;
+    let account = client
+        .create_billing_account(pb::CreateBillingAccountRequest {
+            customer_id: uuid::Uuid::new_v4().to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let attempted = Arc::new(Mutex::new(BTreeSet::new()));
+    let acknowledged = Arc::new(Mutex::new(BTreeSet::new()));
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (mut client, id) = (client.clone(), account.id.clone());
+            let (attempted, acknowledged) = (attempted.clone(), acknowledged.clone());
+            tokio::spawn(async move {
+                for i in 0..10_000 {
+                    let key = format!("w{w}-{i}");
+                    attempted.lock().unwrap().insert(key.clone());
+                    match client.add_balance(add(&id, &key)).await {
+                        Ok(_) => {
+                            acknowledged.lock().unwrap().insert(key);
+                        }
+                        Err(_) => break,
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    server.kill().expect("SIGKILL the server");
+    server.wait().unwrap();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    let attempted = attempted.lock().unwrap().clone();
+    assert!(
+        acknowledged.len() > 10,
+        "the load ran before the kill ({} acks)",
+        acknowledged.len()
+    );
+
+    let (mut server, mut client) = start(&db, &addr).await;
+    let store = billing_store::Store::connect(&db.url, 2, Default::default()).unwrap();
+    let account_id = account.id.parse().unwrap();
+    let recorded: BTreeSet<String> = store
+        .account_events(account_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| e.idempotency_key)
+        .collect();
+    let lost: Vec<_> = acknowledged.difference(&recorded).collect();
+    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+
+    // Retrying everything that was attempted applies each request once.
+    for key in &attempted {
+        client.add_balance(add(&account.id, key)).await.unwrap();
+    }
+    let after = client
+        .get_billing_account(pb::GetBillingAccountRequest {
+            id: account.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.balance_credit, 1_000 * attempted.len() as i64);
+    let events = store.account_events(account_id).await.unwrap();
+    let added = events
+        .iter()
+        .filter(|e| e.event_type == "balance_added")
+        .count();
+    assert_eq!(added, attempted.len(), "one event per distinct request");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

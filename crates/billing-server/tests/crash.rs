@@ -19,7 +19,7 @@ fn free_addr() -> String {
 
 /// Starts `billing serve` and waits until it answers.
 async fn start(db: &TestDb, addr: &str) -> (Child, support::Client) {
-    let child = Command::new(env!("CARGO_BIN_EXE_billing"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_billing"))
         .args(["serve", "--migrate"])
         .env("BILLING_DATABASE_URL", &db.url)
         .env("BILLING_GRPC_ADDR", addr)
@@ -34,6 +34,8 @@ async fn start(db: &TestDb, addr: &str) -> (Child, support::Client) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("billing did not start on {addr}");
 }
 

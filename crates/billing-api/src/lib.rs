@@ -169,20 +169,38 @@ fn reservation_reply(outcome: Outcome) -> Result<Response<pb::Reservation>, Stat
     }
 }
 
-fn balance_change(
+/// The fields `AddBalance` and `SubtractBalance` share.
+struct BalanceRequest<'a> {
+    account_id: &'a str,
     amount_credit: i64,
     amount_token: i64,
     reference_type: ReferenceType,
-    reference_id: &str,
-    note: &str,
-) -> Result<BalanceChange, Status> {
-    Ok(BalanceChange {
-        amount_credit: Micros(amount_credit),
-        amount_token: Tokens(amount_token),
-        reference_type,
-        reference_id: bounded("reference_id", reference_id, MAX_KEY_LEN)?,
-        note: bounded("note", note, MAX_TEXT_LEN)?,
-    })
+    reference_id: &'a str,
+    note: &'a str,
+}
+
+impl BillingApi {
+    /// Adds or subtracts balance (`command` says which) and returns the
+    /// account after it.
+    async fn move_balance(
+        &self,
+        meta: &RequestMeta,
+        r: BalanceRequest<'_>,
+        command: fn(BalanceChange) -> Command,
+    ) -> Result<pb::BillingAccount, Status> {
+        let id = convert::uuid("account_id", r.account_id)?;
+        record_account(id);
+        let change = BalanceChange {
+            amount_credit: Micros(r.amount_credit),
+            amount_token: Tokens(r.amount_token),
+            reference_type: r.reference_type,
+            reference_id: bounded("reference_id", r.reference_id, MAX_KEY_LEN)?,
+            note: bounded("note", r.note, MAX_TEXT_LEN)?,
+        };
+        account_reply(settle(
+            self.store.execute(id, meta, &command(change)).await,
+        )?)
+    }
 }
 
 fn record_account(account_id: Uuid) {
@@ -301,24 +319,22 @@ impl BillingService for BillingApi {
             r.idempotency_key.clear()
         })?;
         let r = request.get_ref();
-        let id = convert::uuid("account_id", &r.account_id)?;
-        record_account(id);
-        let reference_type =
-            or_default::<pb::ReferenceType, _>(r.reference_type, ReferenceType::Payment)?;
-        let change = balance_change(
-            r.amount_credit,
-            r.amount_token,
-            reference_type,
-            &r.reference_id,
-            &r.note,
-        )?;
-        let outcome = settle(
-            self.store
-                .execute(id, &meta, &Command::AddBalance(change))
-                .await,
-        )?;
+        let change = BalanceRequest {
+            account_id: &r.account_id,
+            amount_credit: r.amount_credit,
+            amount_token: r.amount_token,
+            reference_type: or_default::<pb::ReferenceType, _>(
+                r.reference_type,
+                ReferenceType::Payment,
+            )?,
+            reference_id: &r.reference_id,
+            note: &r.note,
+        };
+        let account = self
+            .move_balance(&meta, change, Command::AddBalance)
+            .await?;
         Ok(Response::new(pb::AddBalanceResponse {
-            account: Some(account_reply(outcome)?),
+            account: Some(account),
         }))
     }
 
@@ -332,24 +348,22 @@ impl BillingService for BillingApi {
             r.idempotency_key.clear()
         })?;
         let r = request.get_ref();
-        let id = convert::uuid("account_id", &r.account_id)?;
-        record_account(id);
-        let reference_type =
-            or_default::<pb::ReferenceType, _>(r.reference_type, ReferenceType::ManualAdjustment)?;
-        let change = balance_change(
-            r.amount_credit,
-            r.amount_token,
-            reference_type,
-            &r.reference_id,
-            &r.note,
-        )?;
-        let outcome = settle(
-            self.store
-                .execute(id, &meta, &Command::SubtractBalance(change))
-                .await,
-        )?;
+        let change = BalanceRequest {
+            account_id: &r.account_id,
+            amount_credit: r.amount_credit,
+            amount_token: r.amount_token,
+            reference_type: or_default::<pb::ReferenceType, _>(
+                r.reference_type,
+                ReferenceType::ManualAdjustment,
+            )?,
+            reference_id: &r.reference_id,
+            note: &r.note,
+        };
+        let account = self
+            .move_balance(&meta, change, Command::SubtractBalance)
+            .await?;
         Ok(Response::new(pb::SubtractBalanceResponse {
-            account: Some(account_reply(outcome)?),
+            account: Some(account),
         }))
     }
 

@@ -8,7 +8,8 @@
 //! - [`account`]: the aggregate state and the views replies are built from.
 //! - [`event`]: the events and `Account::apply` (evolve).
 //! - [`command`]: commands, outcomes and rejections.
-//! - [`decide`]: `create` and `execute` (decide).
+//! - [`decide`]: `create` and `execute` (decide), and `quote`.
+//! - [`ledger`]: which events move money, for the transaction ledger.
 
 #![forbid(unsafe_code)]
 
@@ -17,6 +18,7 @@ pub mod catalog;
 pub mod command;
 pub mod decide;
 pub mod event;
+pub mod ledger;
 pub mod money;
 pub mod rates;
 
@@ -25,5 +27,6 @@ pub use catalog::*;
 pub use command::*;
 pub use decide::{Executed, Quote, as_of, create, execute, quote};
 pub use event::{EVENT_SCHEMA_VERSION, Event, Recorded};
+pub use ledger::{LedgerLine, TransactionType, ledger_line};
 pub use money::{Micros, Overflow, Tokens};
 pub use rates::{ChargeMode, Price, Rate, RateTable, TokenMetering, Usage};

@@ -91,15 +91,7 @@ fn account_kind() -> impl Strategy<Value = (PlanType, CreditLimitType, bool, i64
 
 /// Credit and token deltas of one event, as the ledger records them.
 fn deltas(event: &Event) -> (i64, i64) {
-    match event {
-        Event::BalanceAdded(e) => (e.amount_credit.get(), e.amount_token.get()),
-        Event::BalanceSubtracted(e) => (-e.amount_credit.get(), -e.amount_token.get()),
-        Event::Debited(e) => (-e.charged_credit.get(), -e.charged_token.get()),
-        Event::Committed(e) => (-e.charged_credit.get(), -e.charged_token.get()),
-        Event::TokensGranted(e) => (0, e.amount.get()),
-        Event::TokensExpired(e) => (0, -e.amount.get()),
-        _ => (0, 0),
-    }
+    ledger_line(event).map_or((0, 0), |l| (l.amount_credit.get(), l.amount_token.get()))
 }
 
 fn is_spend(command: &Command) -> bool {
@@ -163,7 +155,7 @@ proptest! {
             account = done.account;
         }
 
-        // Money is conserved: the balances are the sum of the movements.
+        // Money is conserved: the balances are the sum of the ledger's movements.
         let (credit, tokens) = log.iter().fold((0i64, 0i64), |(c, t), (e, _)| {
             let (dc, dt) = deltas(e);
             (c + dc, t + dt)

@@ -136,16 +136,26 @@ impl Store {
     ) -> Result<Answer, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        // The lock comes first and alone: a statement's snapshot is taken
-        // when the server binds it, so a read pipelined ahead of the lock
-        // could miss what the previous lock holder committed. (Joined futures
-        // are polled in no fixed order.) The reads after it are pipelined.
+        // The account's lock comes first and alone. It is an advisory lock
+        // because that assigns no transaction id: this transaction's xid is
+        // then assigned at its first write, after the previous holder of the
+        // lock committed, so per account the feed's (xid, position) order is
+        // version order. (`FOR UPDATE` assigns the xid when it asks for the
+        // row, before waiting, and waiters are not granted in xid order.)
+        // The reads come after the lock, so their snapshots see what the
+        // previous holder committed; they are pipelined among themselves.
         let lock = tx
-            .prepare_cached("SELECT state FROM accounts WHERE account_id = $1 FOR UPDATE")
+            .prepare_cached("SELECT pg_advisory_xact_lock($1)")
             .await?;
-        let locked = tx.query_opt(&lock, &[&account_id]).await?;
+        tx.execute(&lock, &[&account_lock_key(account_id)]).await?;
         let reservation_id = cmd.reservation_id();
-        let (replayed, holds, reservation) = tokio::try_join!(
+        let (locked, replayed, holds, reservation) = tokio::try_join!(
+            async {
+                let sql = tx
+                    .prepare_cached("SELECT state FROM accounts WHERE account_id = $1")
+                    .await?;
+                Ok::<_, StoreError>(tx.query_opt(&sql, &[&account_id]).await?)
+            },
             replay(&tx, meta.idempotency.as_ref()),
             async {
                 let sql = tx
@@ -224,6 +234,12 @@ impl Store {
         tx.commit().await?;
         Ok(Ok(executed.outcome))
     }
+}
+
+/// The advisory lock key that serializes one account's commands.
+fn account_lock_key(account_id: Uuid) -> i64 {
+    let (high, low) = account_id.as_u64_pair();
+    i64::from_ne_bytes((high ^ low).to_ne_bytes())
 }
 
 /// The stored answer for `idempotency`'s key: the first outcome when the

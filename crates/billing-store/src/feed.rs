@@ -46,12 +46,12 @@ pub struct StoredEvent {
     pub balances: Balances,
 }
 
-const COLUMNS: &str = "position, xid::text, event_id, account_id, version, event_type, schema_version,
+pub(crate) const COLUMNS: &str = "position, xid::text, event_id, account_id, version, event_type, schema_version,
      occurred_at, actor_principal, actor_role, idempotency_key, trace_id, payload,
      balance_credit, balance_token, reserved_credit, reserved_token, available_credit, available_token";
 
 impl StoredEvent {
-    fn from_row(row: &Row) -> Result<Self, StoreError> {
+    pub(crate) fn from_row(row: &Row) -> Result<Self, StoreError> {
         let xid: &str = row.get(1);
         Ok(Self {
             cursor: Cursor {

@@ -10,6 +10,9 @@
 //!   consistent.
 //! - [`Store::read_feed`] follows the global event feed with the
 //!   `(xid, position)` cursor, for the projector and publisher.
+//! - [`Store::project_batch`] folds the feed into the read models
+//!   (`rm_accounts`, `ledger_entries`); `list_accounts`, `ledger` and
+//!   `balances_as_of` read them.
 //! - [`migrate`] applies the embedded migrations.
 
 #![forbid(unsafe_code)]
@@ -18,6 +21,7 @@ mod command;
 mod error;
 mod feed;
 mod migrate;
+mod projection;
 mod read;
 
 use std::sync::Arc;
@@ -31,6 +35,7 @@ pub use command::Answer;
 pub use error::StoreError;
 pub use feed::{Cursor, StoredEvent};
 pub use migrate::{MIGRATIONS, migrate};
+pub use projection::{BatchReport, Gap, Lag, LedgerEntry, LedgerQuery, READ_MODELS};
 
 /// Who made a change: recorded on every event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +81,8 @@ pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 pub struct Store {
     /// Connections for commands and reads.
     pool: Pool,
+    /// For connections of their own (LISTEN).
+    config: tokio_postgres::Config,
     /// Rates for new charges; each charge records the rate it used.
     rates: Arc<RateTable>,
     /// Where "now" comes from.
@@ -102,7 +109,7 @@ impl Store {
             .parse()
             .map_err(|e: tokio_postgres::Error| StoreError::Config(e.to_string()))?;
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -117,6 +124,7 @@ impl Store {
             .map_err(|e| StoreError::Config(e.to_string()))?;
         Ok(Self {
             pool,
+            config,
             rates: Arc::new(rates),
             clock: Arc::new(Utc::now),
         })
@@ -143,6 +151,36 @@ impl Store {
     pub async fn migrate(&self) -> Result<usize, StoreError> {
         let mut client = self.pool.get().await?;
         migrate(&mut client).await
+    }
+
+    /// Wakes `wakeup` whenever events are appended (PostgreSQL NOTIFY), on a
+    /// connection of its own, until that connection fails. Readers poll as
+    /// well: a lost notification only delays them.
+    pub async fn listen_for_events(
+        &self,
+        wakeup: Arc<tokio::sync::Notify>,
+    ) -> Result<(), StoreError> {
+        use futures::StreamExt;
+        let (client, mut connection) = self.config.connect(NoTls).await?;
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        let listen = client.batch_execute("LISTEN billing_events");
+        tokio::pin!(listen);
+        let mut listening = false;
+        loop {
+            tokio::select! {
+                result = &mut listen, if !listening => {
+                    result?;
+                    listening = true;
+                    wakeup.notify_one();
+                }
+                message = messages.next() => match message {
+                    Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => wakeup.notify_one(),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(e.into()),
+                    None => return Err(StoreError::Unavailable("the LISTEN connection closed".into())),
+                },
+            }
+        }
     }
 
     /// Checks that the database answers.

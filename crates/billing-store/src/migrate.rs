@@ -6,11 +6,18 @@ use tokio_postgres::Client;
 use crate::StoreError;
 
 /// Every migration, in order: (version, name, SQL).
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "0001_event_store",
-    include_str!("../../../migrations/0001_event_store.sql"),
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "0001_event_store",
+        include_str!("../../../migrations/0001_event_store.sql"),
+    ),
+    (
+        2,
+        "0002_read_models",
+        include_str!("../../../migrations/0002_read_models.sql"),
+    ),
+];
 
 /// Serializes concurrent migrators (several replicas starting at once).
 const MIGRATION_LOCK: i64 = 0x6269_6c6c_696e_6701;

@@ -46,7 +46,10 @@ pub struct StoredEvent {
     pub balances: Balances,
 }
 
-pub(crate) const COLUMNS: &str = "position, xid::text, event_id, account_id, version, event_type, schema_version,
+/// The event columns readers select. The xid goes out as text under another
+/// name: an output column named `xid` would make `ORDER BY xid` sort by the
+/// text ("1000" before "933"), and a reader would skip events.
+pub(crate) const COLUMNS: &str = "position, xid::text AS xid_text, event_id, account_id, version, event_type, schema_version,
      occurred_at, actor_principal, actor_role, idempotency_key, trace_id, payload,
      balance_credit, balance_token, reserved_credit, reserved_token, available_credit, available_token";
 

@@ -115,6 +115,60 @@ where
     required::<P, D>(raw)
 }
 
+/// A timestamp field, if set.
+pub fn time(
+    field: &'static str,
+    t: Option<&prost_types::Timestamp>,
+) -> Result<Option<DateTime<Utc>>, Status> {
+    t.map(|t| {
+        u32::try_from(t.nanos)
+            .ok()
+            .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
+            .ok_or_else(|| invalid(field, "is not a valid timestamp"))
+    })
+    .transpose()
+}
+
+pub fn transaction(e: &billing_store::LedgerEntry) -> pb::Transaction {
+    let transaction_type = match e.transaction_type.as_str() {
+        "usage" => pb::TransactionType::Usage,
+        "top_up" => pb::TransactionType::TopUp,
+        "adjustment" => pb::TransactionType::Adjustment,
+        "refund" => pb::TransactionType::Refund,
+        "token_grant" => pb::TransactionType::TokenGrant,
+        "token_expiry" => pb::TransactionType::TokenExpiry,
+        _ => pb::TransactionType::Unspecified,
+    };
+    let reference_type = e
+        .reference_type
+        .parse::<domain::ReferenceType>()
+        .map_or(pb::ReferenceType::Unspecified, ToProto::to_proto);
+    let service_type = e
+        .service_type
+        .as_deref()
+        .and_then(|s| s.parse::<domain::ServiceType>().ok())
+        .map_or(pb::ServiceType::Unspecified, ToProto::to_proto);
+    pb::Transaction {
+        id: e.id.to_string(),
+        account_id: e.account_id.to_string(),
+        transaction_type: transaction_type.into(),
+        reference_type: reference_type.into(),
+        reference_id: e.reference_id.clone(),
+        service_type: service_type.into(),
+        billable_units: e.billable_units.unwrap_or(0),
+        rate_token_per_unit: e.rate_token_per_unit.unwrap_or(0),
+        rate_credit_per_unit: e.rate_credit_per_unit.unwrap_or(0),
+        amount_token: e.amount_token,
+        amount_credit: e.amount_credit,
+        balance_token_after: e.balance_token_after,
+        balance_credit_after: e.balance_credit_after,
+        actor: e.actor_principal.clone(),
+        actor_role: e.actor_role.clone(),
+        tm_create: Some(timestamp(e.tm_create)),
+        version: e.version,
+    }
+}
+
 /// A required UUID field.
 pub fn uuid(field: &'static str, value: &str) -> Result<Uuid, Status> {
     if value.is_empty() {

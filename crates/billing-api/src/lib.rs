@@ -28,6 +28,12 @@ use uuid::Uuid;
 pub use billing_proto::v1::billing_service_server::BillingServiceServer;
 use status::{invalid, rejected, store_failed};
 
+/// Page size when none is asked for, and the most a page holds.
+const DEFAULT_PAGE: i64 = 50;
+const MAX_PAGE: i64 = 100;
+/// How long `ListTransactions` waits for `min_version`.
+const MIN_VERSION_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The longest idempotency key, reference id and name accepted.
 const MAX_KEY_LEN: usize = 255;
 /// The longest free-text field (detail, note) accepted.
@@ -180,6 +186,37 @@ struct BalanceRequest<'a> {
 }
 
 impl BillingApi {
+    /// Waits until the read models have reached `min_version` of the
+    /// account (bounded), and checks that the account exists.
+    async fn await_projection(&self, id: Uuid, min_version: i64) -> Result<(), Status> {
+        let deadline = tokio::time::Instant::now() + MIN_VERSION_WAIT;
+        loop {
+            let projected = self
+                .store
+                .projected_version(id)
+                .await
+                .map_err(|e| store_failed(&e))?;
+            if projected == 0 {
+                let exists = self
+                    .store
+                    .account(id)
+                    .await
+                    .map_err(|e| store_failed(&e))?
+                    .is_some();
+                if !exists {
+                    return Err(rejected(&billing_domain::Rejection::AccountNotFound));
+                }
+            }
+            if projected >= min_version {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(status::lagging(projected, min_version));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Adds or subtracts balance (`command` says which) and returns the
     /// account after it.
     async fn move_balance(
@@ -201,6 +238,28 @@ impl BillingApi {
             self.store.execute(id, meta, &command(change)).await,
         )?)
     }
+}
+
+/// A page size: 0 means the default; larger than the maximum is coerced.
+fn page_size(field: &'static str, requested: i32) -> Result<i64, Status> {
+    match i64::from(requested) {
+        n if n < 0 => Err(invalid(field, "must not be negative")),
+        0 => Ok(DEFAULT_PAGE),
+        n => Ok(n.min(MAX_PAGE)),
+    }
+}
+
+/// Page tokens are opaque to callers: a prefix naming the list, then the
+/// keyset position.
+fn parse_token<T: std::str::FromStr>(token: &str, prefix: &str) -> Result<Option<T>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    token
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.parse().ok())
+        .map(Some)
+        .ok_or_else(|| invalid("page_token", "is not a token this list issued"))
 }
 
 fn record_account(account_id: Uuid) {
@@ -484,6 +543,142 @@ impl BillingService for BillingApi {
         reservation_reply(settle(
             self.store.execute_on_reservation(&meta, &cmd).await,
         )?)
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "GetBalance", account_id))]
+    async fn get_balance(
+        &self,
+        request: Request<pb::GetBalanceRequest>,
+    ) -> Result<Response<pb::Balance>, Status> {
+        let r = request.get_ref();
+        let id = convert::uuid("account_id", &r.account_id)?;
+        record_account(id);
+        let as_of = convert::time("as_of", r.as_of.as_ref())?;
+        let account = self
+            .store
+            .account(id)
+            .await
+            .map_err(|e| store_failed(&e))?
+            .ok_or_else(|| rejected(&billing_domain::Rejection::AccountNotFound))?;
+        if !r.currency.is_empty() && r.currency != account.currency.as_str() {
+            return Err(rejected(&billing_domain::Rejection::CurrencyMismatch {
+                held: account.currency.clone(),
+                requested: r.currency.clone(),
+            }));
+        }
+        let now = self.store.now().max(account.tm_update);
+        let (at, version, b) = match as_of {
+            None => (
+                now,
+                account.version,
+                account
+                    .balances(now)
+                    .map_err(|_| rejected(&billing_domain::Rejection::Overflow))?,
+            ),
+            Some(at) => {
+                let (version, balances) = self
+                    .store
+                    .balances_as_of(id, at)
+                    .await
+                    .map_err(|e| store_failed(&e))?
+                    .ok_or_else(|| invalid("as_of", "is before the account existed"))?;
+                (at, version, balances)
+            }
+        };
+        Ok(Response::new(pb::Balance {
+            account_id: id.to_string(),
+            currency: account.currency.to_string(),
+            balance: b.balance_credit.get(),
+            reserved_funds: b.reserved_credit.get(),
+            promotional_balance: 0,
+            available_balance: b.available_credit.get(),
+            credit_limit: account.credit_limit.get(),
+            is_postpaid: account.is_postpaid,
+            credit_limit_type: convert::ToProto::to_proto(account.credit_limit_type).into(),
+            low_balance_threshold: account.low_balance_threshold.get(),
+            status: convert::ToProto::to_proto(account.status).into(),
+            balance_token: b.balance_token.get(),
+            reserved_token: b.reserved_token.get(),
+            available_token: b.available_token.get(),
+            as_of: Some(convert::timestamp(at)),
+            version,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ListBillingAccounts"))]
+    async fn list_billing_accounts(
+        &self,
+        request: Request<pb::ListBillingAccountsRequest>,
+    ) -> Result<Response<pb::ListBillingAccountsResponse>, Status> {
+        const TOKEN: &str = "a1.";
+        let r = request.get_ref();
+        let size = page_size("page_size", r.page_size)?;
+        let after = parse_token::<Uuid>(&r.page_token, TOKEN)?;
+        let customer = match r.customer_id.as_str() {
+            "" => None,
+            raw => Some(convert::uuid("customer_id", raw)?),
+        };
+        let mut accounts = self
+            .store
+            .list_accounts(customer, after, size + 1)
+            .await
+            .map_err(|e| store_failed(&e))?;
+        let more = accounts.len() as i64 > size;
+        accounts.truncate(usize::try_from(size).unwrap_or(0));
+        let next_page_token = match accounts.last() {
+            Some(last) if more => format!("{TOKEN}{}", last.id),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListBillingAccountsResponse {
+            billing_accounts: accounts.iter().map(convert::account).collect(),
+            next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ListTransactions", account_id))]
+    async fn list_transactions(
+        &self,
+        request: Request<pb::ListTransactionsRequest>,
+    ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
+        const TOKEN: &str = "v1.";
+        let r = request.get_ref();
+        let id = convert::uuid("account_id", &r.account_id)?;
+        record_account(id);
+        let limit = page_size("limit", r.limit)?;
+        if r.offset < 0 {
+            return Err(invalid("offset", "must not be negative"));
+        }
+        if r.min_version < 0 {
+            return Err(invalid("min_version", "must not be negative"));
+        }
+        let query = billing_store::LedgerQuery {
+            account_id: id,
+            limit: limit + 1,
+            offset: i64::from(r.offset),
+            before_version: parse_token::<i64>(&r.page_token, TOKEN)?,
+            reference_type: match r.reference_type {
+                0 => None,
+                raw => Some(required::<pb::ReferenceType, _>(raw)?),
+            },
+            start_time: convert::time("start_time", r.start_time.as_ref())?,
+            end_time: convert::time("end_time", r.end_time.as_ref())?,
+        };
+        self.await_projection(id, r.min_version).await?;
+        let mut entries = self
+            .store
+            .ledger(&query)
+            .await
+            .map_err(|e| store_failed(&e))?;
+        let more = entries.len() as i64 > limit;
+        entries.truncate(usize::try_from(limit).unwrap_or(0));
+        let next_page_token = match entries.last() {
+            Some(last) if more => format!("{TOKEN}{}", last.version),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListTransactionsResponse {
+            transactions: entries.iter().map(convert::transaction).collect(),
+            next_page_token,
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "Debit", account_id))]

@@ -80,3 +80,16 @@ pub fn store_failed(error: &StoreError) -> Status {
 pub fn invalid(field: &'static str, reason: impl Into<String>) -> Status {
     rejected(&Rejection::invalid(field, reason))
 }
+
+/// The read models have not reached the version the caller asked to see.
+pub fn lagging(projected: i64, wanted: i64) -> Status {
+    let metadata = HashMap::from([
+        ("projected_version".to_owned(), projected.to_string()),
+        ("min_version".to_owned(), wanted.to_string()),
+    ]);
+    Status::with_error_details(
+        Code::Unavailable,
+        format!("the ledger has reached version {projected}, not yet {wanted}; retry"),
+        ErrorDetails::with_error_info("READ_MODEL_LAGGING", ERROR_DOMAIN, metadata),
+    )
+}

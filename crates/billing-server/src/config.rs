@@ -41,6 +41,8 @@ pub enum Role {
     Api,
     /// Records expired holds and monthly token resets as events.
     Sweeper,
+    /// Keeps the read models (accounts, ledger) current from the events.
+    Projector,
 }
 
 #[derive(Clone, Debug, clap::Args)]
@@ -88,7 +90,7 @@ impl ServeConfig {
                 pool_size: 16,
             },
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            roles: vec![Role::Api, Role::Sweeper],
+            roles: vec![Role::Api, Role::Sweeper, Role::Projector],
             rate_table: None,
             sweep_interval_ms: 200,
             migrate: true,

@@ -1,5 +1,5 @@
 //! The billing service process: configuration, telemetry, and the roles one
-//! binary runs (the gRPC API and the sweeper). `main.rs` only parses the
+//! binary runs (the gRPC API, the sweeper, the projector). `main.rs` only parses the
 //! command line and calls in here, so tests run the real server.
 //!
 //! - [`Application`]: binds the listener (port 0 in tests) and runs roles
@@ -7,12 +7,14 @@
 //! - [`config`]: flags and `BILLING_*` environment variables.
 //! - [`telemetry`]: log output.
 //! - [`sweeper`]: the sweeper role.
+//! - [`projector`]: the projector role (read models).
 //! - [`call`]: `billing call`, a JSON client for trying the API.
 
 #![forbid(unsafe_code)]
 
 pub mod call;
 pub mod config;
+pub mod projector;
 pub mod sweeper;
 pub mod telemetry;
 
@@ -86,6 +88,9 @@ impl Application {
                 self.config.sweep_interval(),
                 stop_rx.clone(),
             ));
+        }
+        if self.config.roles.contains(&Role::Projector) {
+            tasks.spawn(projector::run(self.store.clone(), stop_rx.clone()));
         }
         let serve = match self.listener {
             Some(listener) => Some(serve_api(listener, self.store.clone(), stop_rx.clone())),

@@ -27,10 +27,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Run the service's roles (API and sweeper by default).
+    /// Run the service's roles (API, sweeper and projector by default).
     Serve(ServeConfig),
     /// Apply pending database migrations, then exit.
     Migrate(DatabaseArgs),
+    /// Rebuild the read models (accounts, ledger) from the events, while the
+    /// service keeps running.
+    Rebuild(DatabaseArgs),
+    /// Print how far the projector is behind the events.
+    Lag(DatabaseArgs),
     /// Print the default rate table as TOML (a starting point for BILLING_RATE_TABLE).
     Rates,
     /// Call one RPC with a JSON request and print the JSON reply.
@@ -59,11 +64,7 @@ async fn main() -> anyhow::Result<()> {
             app.run(shutdown_signal()).await
         }
         Cmd::Migrate(db) => {
-            let store = billing_store::Store::connect(
-                db.database_url.expose(),
-                1,
-                billing_domain::RateTable::default(),
-            )?;
+            let store = connect(&db)?;
             let applied = store.migrate().await?;
             tracing::info!(applied, "migrations are up to date");
             Ok(())
@@ -74,9 +75,36 @@ async fn main() -> anyhow::Result<()> {
             addr,
             token,
         } => billing_server::call::run(&addr, token.as_deref(), &method, &json).await,
+        Cmd::Rebuild(db) => {
+            let store = connect(&db)?;
+            let started = std::time::Instant::now();
+            let report = store.rebuild_read_models(1_000).await?;
+            println!(
+                "rebuilt the read models from {} events in {:.1} s",
+                report.applied,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Cmd::Lag(db) => {
+            let lag = connect(&db)?.feed_lag(billing_store::READ_MODELS).await?;
+            println!(
+                "{{\"lag_events\": {}, \"lag_seconds\": {:.3}}}",
+                lag.events, lag.seconds
+            );
+            Ok(())
+        }
         Cmd::Rates => {
             print!("{}", billing_domain::RateTable::default().to_toml());
             Ok(())
         }
     }
+}
+
+fn connect(db: &DatabaseArgs) -> anyhow::Result<billing_store::Store> {
+    Ok(billing_store::Store::connect(
+        db.database_url.expose(),
+        2,
+        billing_domain::RateTable::default(),
+    )?)
 }

@@ -130,3 +130,95 @@ async fn no_acknowledged_change_is_lost_when_the_server_is_killed() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// Starts `billing serve` with only the projector role.
+fn start_projector(db: &TestDb) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_billing"))
+        .args(["serve", "--roles", "projector"])
+        .env("BILLING_DATABASE_URL", &db.url)
+        .env("BILLING_DB_POOL_SIZE", "2")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the projector")
+}
+
+#[tokio::test]
+async fn a_killed_projector_resumes_without_applying_anything_twice() {
+    let db = TestDb::new().await;
+    let app =
+        support::TestApp::spawn_with(db, |config| config.roles = vec![billing_server::Role::Api])
+            .await;
+    let mut accounts = Vec::new();
+    for _ in 0..4 {
+        accounts.push(app.account(0).await.id);
+    }
+    let writers: Vec<_> = accounts
+        .iter()
+        .map(|id| {
+            let (app_client, id) = (app.client.clone(), id.clone());
+            tokio::spawn(async move {
+                let mut client = app_client;
+                for n in 0..150 {
+                    client
+                        .add_balance(add(&id, &format!("{id}-{n}")))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    // Kill the projector twice while the backlog grows, mid-batch or not.
+    for pause in [150, 250] {
+        let mut projector = start_projector(&app.db);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        projector.kill().unwrap();
+        projector.wait().unwrap();
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let mut projector = start_projector(&app.db);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while app
+        .store
+        .feed_lag(billing_store::READ_MODELS)
+        .await
+        .unwrap()
+        .events
+        > 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the projector did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    projector.kill().unwrap();
+    projector.wait().unwrap();
+
+    let client = app.db.client().await;
+    for id in &accounts {
+        let id: uuid::Uuid = id.parse().unwrap();
+        let row = client
+            .query_one(
+                "SELECT count(*), coalesce(sum(amount_credit), 0)::bigint FROM ledger_entries WHERE account_id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            row.get::<_, i64>(0),
+            151,
+            "token grant + 150 top-ups, each once"
+        );
+        assert_eq!(row.get::<_, i64>(1), 150 * 1_000);
+        let (projected, _) = app.store.read_model_account(id).await.unwrap().unwrap();
+        let events = app.store.account_events(id).await.unwrap();
+        let folded =
+            billing_domain::Account::fold(id, events.iter().map(|e| (&e.event, e.occurred_at)))
+                .unwrap()
+                .unwrap();
+        assert_eq!(projected, folded);
+    }
+}

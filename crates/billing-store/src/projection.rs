@@ -279,23 +279,24 @@ impl Store {
     }
 
     /// The balances recorded on the account's last event at or before `at`
-    /// (the ledger's balance-after columns agree with them).
+    /// (the ledger's balance-after columns agree with them), with that
+    /// event's version; `None` before the account existed.
     pub async fn balances_as_of(
         &self,
         account_id: Uuid,
         at: DateTime<Utc>,
-    ) -> Result<Option<Balances>, StoreError> {
+    ) -> Result<Option<(i64, Balances)>, StoreError> {
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
-                "SELECT balance_credit, balance_token, reserved_credit, reserved_token,
+                "SELECT version, balance_credit, balance_token, reserved_credit, reserved_token,
                         available_credit, available_token
                  FROM events WHERE account_id = $1 AND occurred_at <= $2
                  ORDER BY version DESC LIMIT 1",
                 &[&account_id, &at],
             )
             .await?;
-        Ok(row.map(|r| balances(&r, 0)))
+        Ok(row.map(|r| (r.get(0), balances(&r, 1))))
     }
 }
 

@@ -422,3 +422,64 @@ async fn per_account_the_feed_is_in_version_order_under_concurrency() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_feed_is_in_xid_order_across_a_digit_boundary() {
+    // Readers once sorted by the xid's text ("1000" before "933") and so
+    // skipped events when xids gained a digit. Cross a power of ten.
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let id = created(&store, PlanType::Unlimited, 0).await;
+    let client = db.client().await;
+    let current: i64 = client
+        .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let mut boundary = 10i64;
+    while boundary < current + 40 {
+        boundary *= 10;
+    }
+    client
+        .batch_execute(&format!(
+            "DO $$ BEGIN
+                 WHILE pg_current_xact_id()::text::bigint < {} LOOP COMMIT; END LOOP;
+             END $$",
+            boundary - 15
+        ))
+        .await
+        .unwrap();
+    for _ in 0..30 {
+        store
+            .execute(id, &meta(None, "add", b""), &add(1))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let xids: Vec<i64> = client
+        .query(
+            "SELECT xid::text::bigint FROM events WHERE account_id = $1 ORDER BY version",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        xids.first() < Some(&boundary) && xids.last() >= Some(&boundary),
+        "the writes straddle {boundary}: {xids:?}"
+    );
+
+    let mut cursor = Cursor::START;
+    let mut versions = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while versions.len() < 31 && tokio::time::Instant::now() < deadline {
+        for e in store.read_feed(cursor, 3).await.unwrap() {
+            assert!(e.cursor > cursor);
+            cursor = e.cursor;
+            versions.push(e.version);
+        }
+    }
+    assert_eq!(versions, (1..=31).collect::<Vec<_>>());
+}

@@ -1,0 +1,77 @@
+//! The projector role: follows the event feed into the read models. Wakes on
+//! NOTIFY and polls as a fallback; several replicas may run (the checkpoint
+//! lock lets one batch through at a time). Logs its lag periodically.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use billing_store::{READ_MODELS, Store};
+use tokio::sync::{Notify, watch};
+
+/// Events per batch (one transaction).
+const BATCH: i64 = 500;
+/// How often to look for events without a notification.
+const POLL: Duration = Duration::from_millis(500);
+/// How often to log the lag.
+const LAG_REPORT: Duration = Duration::from_secs(10);
+
+pub async fn run(store: Store, mut shutdown: watch::Receiver<bool>) {
+    let wakeup = Arc::new(Notify::new());
+    let listener = tokio::spawn(listen(store.clone(), wakeup.clone()));
+    let mut lag_report = tokio::time::interval(LAG_REPORT);
+    loop {
+        let more = match store.project_batch(READ_MODELS, BATCH).await {
+            Ok(Some(report)) => {
+                if report.applied > 0 {
+                    tracing::debug!(
+                        applied = report.applied,
+                        skipped = report.skipped,
+                        "projected"
+                    );
+                }
+                if let Some(gap) = &report.gap {
+                    tracing::error!(?gap, "projector: waiting for an event's predecessor");
+                }
+                report.gap.is_none() && (report.applied + report.skipped) as i64 == BATCH
+            }
+            // Another replica is projecting this batch.
+            Ok(None) => false,
+            Err(error) => {
+                tracing::warn!(%error, "projector: batch failed; will retry");
+                false
+            }
+        };
+        if more {
+            continue;
+        }
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            () = wakeup.notified() => {}
+            () = tokio::time::sleep(POLL) => {}
+            _ = lag_report.tick() => report_lag(&store).await,
+        }
+    }
+    listener.abort();
+    tracing::info!("projector stopped");
+}
+
+/// Keeps a LISTEN connection open, reconnecting after failures.
+async fn listen(store: Store, wakeup: Arc<Notify>) {
+    loop {
+        if let Err(error) = store.listen_for_events(wakeup.clone()).await {
+            tracing::debug!(%error, "projector: LISTEN connection lost; reconnecting");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn report_lag(store: &Store) {
+    match store.feed_lag(READ_MODELS).await {
+        Ok(lag) => tracing::info!(
+            lag_events = lag.events,
+            lag_seconds = lag.seconds,
+            "projector lag"
+        ),
+        Err(error) => tracing::warn!(%error, "projector: cannot measure lag"),
+    }
+}

@@ -67,7 +67,7 @@ pub struct ServeConfig {
         long,
         env = "BILLING_ROLES",
         value_delimiter = ',',
-        default_value = "api,sweeper"
+        default_value = "api,sweeper,projector"
     )]
     pub roles: Vec<Role>,
     /// A TOML rate table replacing the default one (see `billing rates`).
@@ -109,5 +109,47 @@ impl ServeConfig {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the rate table {}", path.display()))?;
         RateTable::from_toml(&text).with_context(|| format!("in the rate table {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeConfig,
+    }
+
+    #[test]
+    fn by_default_one_process_runs_every_role() {
+        let cli = Cli::try_parse_from(["billing", "--database-url", "postgres://x@localhost/db"])
+            .unwrap();
+        assert_eq!(cli.serve.roles, [Role::Api, Role::Sweeper, Role::Projector]);
+        assert_eq!(cli.serve.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(
+            ServeConfig::for_database("x").roles,
+            cli.serve.roles,
+            "tests run what users run"
+        );
+    }
+
+    #[test]
+    fn roles_can_be_split_across_processes() {
+        let cli = Cli::try_parse_from(["billing", "--database-url", "u", "--roles", "projector"])
+            .unwrap();
+        assert_eq!(cli.serve.roles, [Role::Projector]);
+        assert!(
+            Cli::try_parse_from(["billing", "--database-url", "u", "--roles", "nope"]).is_err()
+        );
+    }
+
+    #[test]
+    fn the_database_url_never_prints() {
+        let url: DatabaseUrl = "postgres://user:secret@host/db".parse().unwrap();
+        assert!(!format!("{url:?}").contains("secret"));
     }
 }

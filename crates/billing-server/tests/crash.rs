@@ -12,30 +12,49 @@ use billing_proto::v1 as pb;
 use billing_proto::v1::billing_service_client::BillingServiceClient;
 use billing_testkit::TestDb;
 
+/// A child process that is killed when dropped, so a failing test leaves no
+/// server behind.
+struct Running(Child);
+
+impl Running {
+    /// SIGKILL, and wait for it to be gone.
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 fn free_addr() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().to_string()
 }
 
 /// Starts `billing serve` and waits until it answers.
-async fn start(db: &TestDb, addr: &str) -> (Child, support::Client) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_billing"))
-        .args(["serve", "--migrate"])
-        .env("BILLING_DATABASE_URL", &db.url)
-        .env("BILLING_GRPC_ADDR", addr)
-        .env("BILLING_DB_POOL_SIZE", "8")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start billing");
+async fn start(db: &TestDb, addr: &str) -> (Running, support::Client) {
+    let mut child = Running(
+        Command::new(env!("CARGO_BIN_EXE_billing"))
+            .args(["serve", "--migrate"])
+            .env("BILLING_DATABASE_URL", &db.url)
+            .env("BILLING_GRPC_ADDR", addr)
+            .env("BILLING_DB_POOL_SIZE", "8")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start billing"),
+    );
     for _ in 0..200 {
         if let Ok(client) = BillingServiceClient::connect(format!("http://{addr}")).await {
             return (child, client);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    child.kill();
     panic!("billing did not start on {addr}");
 }
 
@@ -83,8 +102,7 @@ async fn no_acknowledged_change_is_lost_when_the_server_is_killed() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(700)).await;
-    server.kill().expect("SIGKILL the server");
-    server.wait().unwrap();
+    server.kill();
     for writer in writers {
         writer.await.unwrap();
     }
@@ -127,20 +145,21 @@ async fn no_acknowledged_change_is_lost_when_the_server_is_killed() {
         .filter(|e| e.event_type == "balance_added")
         .count();
     assert_eq!(added, attempted.len(), "one event per distinct request");
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.kill();
 }
 
 /// Starts `billing serve` with only the projector role.
-fn start_projector(db: &TestDb) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_billing"))
-        .args(["serve", "--roles", "projector"])
-        .env("BILLING_DATABASE_URL", &db.url)
-        .env("BILLING_DB_POOL_SIZE", "2")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the projector")
+fn start_projector(db: &TestDb) -> Running {
+    Running(
+        Command::new(env!("CARGO_BIN_EXE_billing"))
+            .args(["serve", "--roles", "projector"])
+            .env("BILLING_DATABASE_URL", &db.url)
+            .env("BILLING_DB_POOL_SIZE", "2")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the projector"),
+    )
 }
 
 #[tokio::test]
@@ -172,8 +191,7 @@ async fn a_killed_projector_resumes_without_applying_anything_twice() {
     for pause in [150, 250] {
         let mut projector = start_projector(&app.db);
         tokio::time::sleep(Duration::from_millis(pause)).await;
-        projector.kill().unwrap();
-        projector.wait().unwrap();
+        projector.kill();
     }
     for writer in writers {
         writer.await.unwrap();
@@ -194,8 +212,7 @@ async fn a_killed_projector_resumes_without_applying_anything_twice() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    projector.kill().unwrap();
-    projector.wait().unwrap();
+    projector.kill();
 
     let client = app.db.client().await;
     for id in &accounts {

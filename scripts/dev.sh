@@ -47,17 +47,38 @@ cmd_run() {
     export BILLING_DATABASE_URL="postgres://postgres@127.0.0.1:$port/billing"
     echo "PostgreSQL (data in .dev/pg) at 127.0.0.1:$port, database billing"
   fi
+  # Every RPC needs a bearer token: without configured keys, a development
+  # secret is made once and kept (owner-only) in .dev/jwt-secret.
+  if [ -z "${BILLING_JWT_SECRET:-}" ] && [ -z "${BILLING_JWT_PUBLIC_KEY:-}" ]; then
+    if [ ! -s "$dev/jwt-secret" ]; then
+      (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dev/jwt-secret")
+    fi
+    BILLING_JWT_SECRET=$(cat "$dev/jwt-secret")
+    export BILLING_JWT_SECRET
+  fi
   cargo build --bin billing
   local bin="$root/target/debug/billing"
   "$bin" migrate
   local addr=${BILLING_GRPC_ADDR:-127.0.0.1:50051}
   export BILLING_GRPC_ADDR="$addr"
+  local customer=5e4a0680-804e-11ec-8477-2fea5968d85b
   cat <<TXT
 
-billing: gRPC API on $addr (health and reflection included)
-Call it from another terminal, e.g.:
-  target/debug/billing call CreateBillingAccount '{"customerId": "5e4a0680-804e-11ec-8477-2fea5968d85b", "name": "Primary Account"}'
-  target/debug/billing call Rate '{"serviceType": "SERVICE_TYPE_CALL_PSTN_OUTGOING", "durationMs": 150000}'
+billing: gRPC API on $addr (health and reflection need no token)
+TXT
+  if [ -n "${BILLING_JWT_SECRET:-}" ]; then
+    cat <<TXT
+Tokens, valid for 12 hours (target/debug/billing token mints more):
+  project_super_admin:  export BILLING_TOKEN=$("$bin" token --role project_super_admin --subject dev-admin)
+  service:              export BILLING_TOKEN=$("$bin" token --role service --subject dev-call-control)
+  customer_admin of $customer:
+                        export BILLING_TOKEN=$("$bin" token --role customer_admin --customer-id "$customer" --subject dev-customer)
+Paste one export line into another terminal, then for example:
+  target/debug/billing call CreateBillingAccount '{"customer_id": "$customer", "name": "Primary Account"}'
+  target/debug/billing call Rate '{"service_type": "SERVICE_TYPE_CALL_PSTN_OUTGOING", "duration_ms": 150000}'
+TXT
+  fi
+  cat <<TXT
 The README walks through a whole call. Ctrl-C stops everything.
 
 TXT

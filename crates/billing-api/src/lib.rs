@@ -4,21 +4,24 @@
 //! protobuf and domain types.
 //!
 //! - [`BillingApi`]: the service.
+//! - [`auth`]: bearer JWTs, roles and the per-RPC policy (a tower layer).
 //! - `convert`: protobuf <-> domain.
 //! - [`status`]: rejections and store failures -> gRPC statuses, in one place.
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 mod convert;
 pub mod status;
 
+use auth::{Principal, Role};
 use billing_domain::{
     AccountPatch, BalanceChange, Command, Commit, CreateAccount, Currency, Debit, Extend, Micros,
     Outcome, PlanType, ReferenceType, Reserve, Tokens, Usage,
 };
 use billing_proto::v1 as pb;
 use billing_proto::v1::billing_service_server::BillingService;
-use billing_store::{Actor, Answer, Idempotency, RequestMeta, Store, StoreError};
+use billing_store::{Answer, Idempotency, RequestMeta, Store, StoreError};
 use convert::{or_default, required};
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -57,17 +60,35 @@ impl BillingApi {
     }
 }
 
-/// Who is calling: the principal an authentication layer put in the
-/// request's extensions, or an anonymous one when none did.
-fn actor<M>(request: &Request<M>) -> Actor {
+/// Who is calling: the principal the authentication layer verified. A call
+/// that did not pass through it is refused (deny by default).
+fn principal<M>(request: &Request<M>) -> Result<Principal, Status> {
     request
         .extensions()
-        .get::<Actor>()
+        .get::<Principal>()
         .cloned()
-        .unwrap_or_else(|| Actor {
-            principal: "anonymous".to_owned(),
-            role: "anonymous".to_owned(),
-        })
+        .ok_or_else(|| Status::unauthenticated("the call was not authenticated"))
+}
+
+/// Refuses a caller that may not act on an account owned by `owner`
+/// (`None`: no such account; a customer admin learns nothing from that).
+fn ensure_access(
+    principal: &Principal,
+    rpc: &str,
+    account_id: Uuid,
+    owner: Option<Uuid>,
+) -> Result<(), Status> {
+    match owner {
+        Some(owner) if principal.may_access(owner) => Ok(()),
+        None if principal.role != Role::CustomerAdmin => {
+            Err(rejected(&billing_domain::Rejection::AccountNotFound))
+        }
+        _ => {
+            tracing::warn!(rpc, principal = %principal.subject, role = principal.role.as_str(),
+                target = %account_id, "call denied: not the caller's account");
+            Err(status::denied(&account_id.to_string(), principal.role))
+        }
+    }
 }
 
 /// The W3C trace id of the caller's `traceparent`, or a new one.
@@ -109,7 +130,7 @@ fn meta<M: Message + Clone>(
         }
     };
     Ok(RequestMeta {
-        actor: actor(request),
+        actor: principal(request)?.actor(),
         idempotency,
         trace_id: Some(trace_id(request)),
     })
@@ -314,14 +335,28 @@ impl BillingService for BillingApi {
         &self,
         request: Request<pb::GetBillingAccountRequest>,
     ) -> Result<Response<pb::BillingAccount>, Status> {
-        let id = convert::uuid("id", &request.get_ref().id)?;
+        let principal = principal(&request)?;
+        let id = match (request.get_ref().id.as_str(), principal.customer_id) {
+            // A customer admin's own account, resolved from the token.
+            ("", Some(customer)) => *self
+                .store
+                .accounts_of_customer(customer)
+                .await
+                .map_err(|e| store_failed(&e))?
+                .first()
+                .ok_or_else(|| rejected(&billing_domain::Rejection::AccountNotFound))?,
+            (raw, _) => convert::uuid("id", raw)?,
+        };
         record_account(id);
-        let account = self
-            .store
-            .account(id)
-            .await
-            .map_err(|e| store_failed(&e))?
-            .ok_or_else(|| rejected(&billing_domain::Rejection::AccountNotFound))?;
+        let account = self.store.account(id).await.map_err(|e| store_failed(&e))?;
+        ensure_access(
+            &principal,
+            "GetBillingAccount",
+            id,
+            account.as_ref().map(|a| a.customer_id),
+        )?;
+        let account =
+            account.ok_or_else(|| rejected(&billing_domain::Rejection::AccountNotFound))?;
         let view = account
             .view(self.store.now().max(account.tm_update))
             .map_err(|_| rejected(&billing_domain::Rejection::Overflow))?;
@@ -440,6 +475,12 @@ impl BillingService for BillingApi {
                 let id = convert::uuid("account_id", raw)?;
                 record_account(id);
                 let account = self.store.account(id).await.map_err(|e| store_failed(&e))?;
+                ensure_access(
+                    &principal(&request)?,
+                    "Rate",
+                    id,
+                    account.as_ref().map(|a| a.customer_id),
+                )?;
                 Some(account.ok_or_else(|| rejected(&billing_domain::Rejection::AccountNotFound))?)
             }
         };
@@ -554,12 +595,15 @@ impl BillingService for BillingApi {
         let id = convert::uuid("account_id", &r.account_id)?;
         record_account(id);
         let as_of = convert::time("as_of", r.as_of.as_ref())?;
-        let account = self
-            .store
-            .account(id)
-            .await
-            .map_err(|e| store_failed(&e))?
-            .ok_or_else(|| rejected(&billing_domain::Rejection::AccountNotFound))?;
+        let account = self.store.account(id).await.map_err(|e| store_failed(&e))?;
+        ensure_access(
+            &principal(&request)?,
+            "GetBalance",
+            id,
+            account.as_ref().map(|a| a.customer_id),
+        )?;
+        let account =
+            account.ok_or_else(|| rejected(&billing_domain::Rejection::AccountNotFound))?;
         if !r.currency.is_empty() && r.currency != account.currency.as_str() {
             return Err(rejected(&billing_domain::Rejection::CurrencyMismatch {
                 held: account.currency.clone(),
@@ -644,6 +688,16 @@ impl BillingService for BillingApi {
         let r = request.get_ref();
         let id = convert::uuid("account_id", &r.account_id)?;
         record_account(id);
+        let principal = principal(&request)?;
+        if principal.role == Role::CustomerAdmin {
+            let account = self.store.account(id).await.map_err(|e| store_failed(&e))?;
+            ensure_access(
+                &principal,
+                "ListTransactions",
+                id,
+                account.map(|a| a.customer_id),
+            )?;
+        }
         let limit = page_size("limit", r.limit)?;
         if r.offset < 0 {
             return Err(invalid("offset", "must not be negative"));

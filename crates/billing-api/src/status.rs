@@ -93,3 +93,16 @@ pub fn lagging(projected: i64, wanted: i64) -> Status {
         ErrorDetails::with_error_info("READ_MODEL_LAGGING", ERROR_DOMAIN, metadata),
     )
 }
+
+/// The caller's role may not call this RPC, or not on this account.
+pub fn denied(what: &str, role: crate::auth::Role) -> Status {
+    let metadata = HashMap::from([
+        ("rpc_or_account".to_owned(), what.to_owned()),
+        ("role".to_owned(), role.as_str().to_owned()),
+    ]);
+    Status::with_error_details(
+        Code::PermissionDenied,
+        format!("a {} may not do this", role.as_str()),
+        ErrorDetails::with_error_info("PERMISSION_DENIED", ERROR_DOMAIN, metadata),
+    )
+}

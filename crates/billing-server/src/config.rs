@@ -8,19 +8,20 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use billing_api::auth::{Authenticator, VerifyingKey};
 use billing_domain::RateTable;
 
-/// A database URL. It may hold a password, so it never prints.
+/// A secret (a database URL with a password, a JWT secret): it never prints.
 #[derive(Clone)]
-pub struct DatabaseUrl(String);
+pub struct Secret(String);
 
-impl DatabaseUrl {
+impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
 }
 
-impl FromStr for DatabaseUrl {
+impl FromStr for Secret {
     type Err = std::convert::Infallible;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -28,9 +29,9 @@ impl FromStr for DatabaseUrl {
     }
 }
 
-impl fmt::Debug for DatabaseUrl {
+impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("DatabaseUrl(<redacted>)")
+        f.write_str("Secret(<redacted>)")
     }
 }
 
@@ -49,16 +50,77 @@ pub enum Role {
 pub struct DatabaseArgs {
     /// PostgreSQL URL, e.g. postgres://user@127.0.0.1:5432/billing.
     #[arg(long, env = "BILLING_DATABASE_URL")]
-    pub database_url: DatabaseUrl,
+    pub database_url: Secret,
     /// Connections in the pool.
     #[arg(long, env = "BILLING_DB_POOL_SIZE", default_value_t = 32)]
     pub pool_size: usize,
+}
+
+/// The algorithm of a public verification key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PublicKeyAlgorithm {
+    Rs256,
+    Es256,
+}
+
+/// How bearer tokens are verified: a shared secret (HS256) or a public key
+/// (RS256 or ES256). Exactly one algorithm is accepted.
+#[derive(Clone, Debug, clap::Args)]
+pub struct JwtArgs {
+    /// Shared secret for HS256 tokens (at least 16 bytes).
+    #[arg(long, env = "BILLING_JWT_SECRET")]
+    pub jwt_secret: Option<Secret>,
+    /// A PEM public key file, for RS256 or ES256 tokens instead of a secret.
+    #[arg(long, env = "BILLING_JWT_PUBLIC_KEY", conflicts_with = "jwt_secret")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// The public key's algorithm.
+    #[arg(
+        long,
+        env = "BILLING_JWT_ALGORITHM",
+        value_enum,
+        default_value = "rs256"
+    )]
+    pub jwt_algorithm: PublicKeyAlgorithm,
+    /// When set, tokens must carry this `iss`.
+    #[arg(long, env = "BILLING_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// When set, tokens must carry this `aud`.
+    #[arg(long, env = "BILLING_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+}
+
+impl JwtArgs {
+    /// The verifier these settings describe.
+    pub fn authenticator(&self) -> anyhow::Result<Authenticator> {
+        let key = match (&self.jwt_secret, &self.jwt_public_key) {
+            (Some(secret), None) => VerifyingKey::Hs256(secret.expose().as_bytes().to_vec()),
+            (None, Some(path)) => {
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("reading the JWT public key {}", path.display()))?;
+                match self.jwt_algorithm {
+                    PublicKeyAlgorithm::Rs256 => VerifyingKey::Rs256(pem),
+                    PublicKeyAlgorithm::Es256 => VerifyingKey::Es256(pem),
+                }
+            }
+            _ => anyhow::bail!(
+                "every RPC is authenticated: set BILLING_JWT_SECRET (HS256) or BILLING_JWT_PUBLIC_KEY (RS256/ES256)"
+            ),
+        };
+        Authenticator::new(
+            &key,
+            self.jwt_issuer.as_deref(),
+            self.jwt_audience.as_deref(),
+        )
+        .map_err(|e| anyhow::anyhow!("JWT settings: {e}"))
+    }
 }
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct ServeConfig {
     #[command(flatten)]
     pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub jwt: JwtArgs,
     /// Where the gRPC API listens.
     #[arg(long, env = "BILLING_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
@@ -82,12 +144,20 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
-    /// A configuration for `database_url` with every default: what tests use.
-    pub fn for_database(database_url: &str) -> Self {
+    /// A configuration for `database_url` with every default and tokens
+    /// signed with `jwt_secret`: what tests use.
+    pub fn for_database(database_url: &str, jwt_secret: &str) -> Self {
         Self {
             database: DatabaseArgs {
-                database_url: DatabaseUrl(database_url.to_owned()),
+                database_url: Secret(database_url.to_owned()),
                 pool_size: 16,
+            },
+            jwt: JwtArgs {
+                jwt_secret: Some(Secret(jwt_secret.to_owned())),
+                jwt_public_key: None,
+                jwt_algorithm: PublicKeyAlgorithm::Rs256,
+                jwt_issuer: None,
+                jwt_audience: None,
             },
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             roles: vec![Role::Api, Role::Sweeper, Role::Projector],
@@ -131,7 +201,7 @@ mod tests {
         assert_eq!(cli.serve.roles, [Role::Api, Role::Sweeper, Role::Projector]);
         assert_eq!(cli.serve.grpc_addr.to_string(), "127.0.0.1:50051");
         assert_eq!(
-            ServeConfig::for_database("x").roles,
+            ServeConfig::for_database("x", "0123456789abcdef").roles,
             cli.serve.roles,
             "tests run what users run"
         );
@@ -149,7 +219,7 @@ mod tests {
 
     #[test]
     fn the_database_url_never_prints() {
-        let url: DatabaseUrl = "postgres://user:secret@host/db".parse().unwrap();
+        let url: Secret = "postgres://user:secret@host/db".parse().unwrap();
         assert!(!format!("{url:?}").contains("secret"));
     }
 }

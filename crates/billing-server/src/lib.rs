@@ -21,19 +21,22 @@ pub mod telemetry;
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
+use billing_api::auth::{AuthLayer, Authenticator};
 use billing_api::{BillingApi, BillingServiceServer};
 use billing_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
+use tower::Layer as _;
 
 pub use config::{Role, ServeConfig};
 
 /// A configured, bound service, ready to run.
 #[derive(Debug)]
 pub struct Application {
-    /// The API's socket; bound in `build` so its port is known before `run`.
-    listener: Option<TcpListener>,
+    /// The API's socket (bound in `build`, so its port is known before
+    /// `run`) and its token verifier.
+    listener: Option<(TcpListener, Authenticator)>,
     store: Store,
     config: ServeConfig,
 }
@@ -50,6 +53,11 @@ impl Application {
             let applied = store.migrate().await.context("applying migrations")?;
             tracing::info!(applied, "migrations are up to date");
         }
+        let authenticator = if config.roles.contains(&Role::Api) {
+            Some(config.jwt.authenticator()?)
+        } else {
+            None
+        };
         let listener = if config.roles.contains(&Role::Api) {
             let listener = TcpListener::bind(config.grpc_addr)
                 .await
@@ -59,7 +67,7 @@ impl Application {
             None
         };
         Ok(Self {
-            listener,
+            listener: listener.zip(authenticator),
             store,
             config,
         })
@@ -67,7 +75,9 @@ impl Application {
 
     /// Where the API listens, when this process runs it.
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+        self.listener
+            .as_ref()
+            .and_then(|(l, _)| l.local_addr().ok())
     }
 
     pub fn store(&self) -> &Store {
@@ -93,7 +103,12 @@ impl Application {
             tasks.spawn(projector::run(self.store.clone(), stop_rx.clone()));
         }
         let serve = match self.listener {
-            Some(listener) => Some(serve_api(listener, self.store.clone(), stop_rx.clone())),
+            Some((listener, authenticator)) => Some(serve_api(
+                listener,
+                authenticator,
+                self.store.clone(),
+                stop_rx.clone(),
+            )),
             None => None,
         };
         tokio::spawn(async move {
@@ -116,6 +131,7 @@ impl Application {
 
 async fn serve_api(
     listener: TcpListener,
+    authenticator: Authenticator,
     store: Store,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -132,7 +148,8 @@ async fn serve_api(
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(BillingApi::new(store).into_server())
+        // Health and reflection stay open; every billing RPC is authenticated.
+        .add_service(AuthLayer::new(authenticator).layer(BillingApi::new(store).into_server()))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = stop.wait_for(|stopped| *stopped).await;
         })

@@ -36,6 +36,23 @@ enum Cmd {
     Rebuild(DatabaseArgs),
     /// Print how far the projector is behind the events.
     Lag(DatabaseArgs),
+    /// Mint an HS256 bearer token (with BILLING_JWT_SECRET) for trying the API.
+    Token {
+        /// project_super_admin, service or customer_admin.
+        #[arg(long)]
+        role: String,
+        /// Required for customer_admin: the customer whose accounts it reads.
+        #[arg(long)]
+        customer_id: Option<uuid::Uuid>,
+        /// The token's subject (the principal recorded on changes).
+        #[arg(long, default_value = "dev")]
+        subject: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 43_200)]
+        ttl_seconds: u64,
+        #[command(flatten)]
+        jwt: billing_server::config::JwtArgs,
+    },
     /// Print the default rate table as TOML (a starting point for BILLING_RATE_TABLE).
     Rates,
     /// Call one RPC with a JSON request and print the JSON reply.
@@ -92,6 +109,37 @@ async fn main() -> anyhow::Result<()> {
                 "{{\"lag_events\": {}, \"lag_seconds\": {:.3}}}",
                 lag.events, lag.seconds
             );
+            Ok(())
+        }
+        Cmd::Token {
+            role,
+            customer_id,
+            subject,
+            ttl_seconds,
+            jwt,
+        } => {
+            let role = billing_api::auth::Role::parse(&role).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "unknown role {role}: project_super_admin, service or customer_admin"
+                )
+            })?;
+            if role == billing_api::auth::Role::CustomerAdmin && customer_id.is_none() {
+                anyhow::bail!("a customer_admin token needs --customer-id");
+            }
+            let secret = jwt
+                .jwt_secret
+                .ok_or_else(|| anyhow::anyhow!("set BILLING_JWT_SECRET to mint a token"))?;
+            let token = billing_api::auth::mint_hs256(
+                secret.expose().as_bytes(),
+                &subject,
+                role.as_str(),
+                customer_id,
+                ttl_seconds,
+                jwt.jwt_issuer.as_deref(),
+                jwt.jwt_audience.as_deref(),
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
+            println!("{token}");
             Ok(())
         }
         Cmd::Rates => {

@@ -480,15 +480,12 @@ async fn twenty_concurrent_retries_of_one_debit_charge_once() {
 #[tokio::test]
 async fn two_replicas_on_one_database_never_cross_a_hard_limit_together() {
     let app = TestApp::spawn().await;
-    let mut config = billing_server::ServeConfig::for_database(&app.db.url);
+    let mut config = billing_server::ServeConfig::for_database(&app.db.url, support::JWT_SECRET);
     config.roles = vec![billing_server::Role::Api];
     let replica = billing_server::Application::build(config).await.unwrap();
     let replica_addr = replica.local_addr().unwrap();
     tokio::spawn(replica.run(std::future::pending()));
-    let second =
-        pb::billing_service_client::BillingServiceClient::connect(format!("http://{replica_addr}"))
-            .await
-            .unwrap();
+    let second = support::admin(replica_addr).await;
 
     let account = app.account(105_000).await;
     let calls = (0..40).map(|n| {

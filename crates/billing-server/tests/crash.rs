@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use billing_proto::v1 as pb;
-use billing_proto::v1::billing_service_client::BillingServiceClient;
 use billing_testkit::TestDb;
 
 /// A child process that is killed when dropped, so a failing test leaves no
@@ -42,6 +41,7 @@ async fn start(db: &TestDb, addr: &str) -> (Running, support::Client) {
             .args(["serve", "--migrate"])
             .env("BILLING_DATABASE_URL", &db.url)
             .env("BILLING_GRPC_ADDR", addr)
+            .env("BILLING_JWT_SECRET", support::JWT_SECRET)
             .env("BILLING_DB_POOL_SIZE", "8")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -49,8 +49,8 @@ async fn start(db: &TestDb, addr: &str) -> (Running, support::Client) {
             .expect("start billing"),
     );
     for _ in 0..200 {
-        if let Ok(client) = BillingServiceClient::connect(format!("http://{addr}")).await {
-            return (child, client);
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return (child, support::admin(addr).await);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -4,7 +4,6 @@
 mod support;
 
 use billing_proto::v1 as pb;
-use billing_proto::v1::billing_service_client::BillingServiceClient;
 use pb::ServiceType as S;
 use support::{TestApp, assert_status, commit_ms, reserve};
 use tonic::{Code, Status};
@@ -415,7 +414,7 @@ async fn a_database_outage_is_unavailable() {
     let app = TestApp::spawn_with(db, |config| {
         *config = billing_server::ServeConfig {
             migrate: false,
-            ..billing_server::ServeConfig::for_database(dead)
+            ..billing_server::ServeConfig::for_database(dead, support::JWT_SECRET)
         };
     })
     .await;
@@ -435,7 +434,7 @@ async fn a_database_outage_is_unavailable() {
 }
 
 #[tokio::test]
-async fn health_reports_serving() {
+async fn health_is_open_and_reports_serving() {
     let app = TestApp::spawn().await;
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
         .unwrap()
@@ -454,7 +453,13 @@ async fn health_reports_serving() {
         reply.status(),
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
-    let _ = BillingServiceClient::connect(format!("http://{}", app.addr))
+    // Health needs no token; the billing service does.
+    let mut anonymous = support::connect(app.addr, None).await;
+    let err = anonymous
+        .get_billing_account(pb::GetBillingAccountRequest {
+            id: uuid::Uuid::new_v4().to_string(),
+        })
         .await
-        .unwrap();
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
 }

@@ -115,7 +115,10 @@ async fn the_ledger_records_every_movement_with_its_rate_actor_and_balance_after
         call.balance_credit_after,
         done.account.unwrap().balance_credit
     );
-    assert_eq!(call.actor_role, "anonymous");
+    assert_eq!(
+        (call.actor.as_str(), call.actor_role.as_str()),
+        ("admin-alice", "project_super_admin")
+    );
     let credit: i64 = ledger.iter().map(|t| t.amount_credit).sum();
     let tokens: i64 = ledger.iter().map(|t| t.amount_token).sum();
     let now = app.get(&account.id).await;

@@ -7,11 +7,66 @@ use billing_proto::v1::billing_service_client::BillingServiceClient;
 use billing_server::{Application, ServeConfig};
 use billing_testkit::TestDb;
 use tokio::sync::oneshot;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::{Code, Request, Status};
 use tonic_types::StatusExt;
 
-pub type Client = BillingServiceClient<Channel>;
+/// The HS256 secret test servers verify tokens with.
+pub const JWT_SECRET: &str = "test-secret-for-billing-0123456789";
+
+pub type Client = BillingServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Sends a bearer token (or none) with every call.
+#[derive(Clone, Debug)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A token for `role`, signed with the test secret, valid for an hour.
+pub fn token(subject: &str, role: &str, customer_id: Option<uuid::Uuid>) -> String {
+    billing_api::auth::mint_hs256(
+        JWT_SECRET.as_bytes(),
+        subject,
+        role,
+        customer_id,
+        3_600,
+        None,
+        None,
+    )
+    .unwrap()
+}
+
+/// A client of the server at `addr` sending `token` (raw, as given).
+pub async fn connect(addr: impl std::fmt::Display, token: Option<&str>) -> Client {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    let header = token.map(|t| format!("Bearer {t}").parse().expect("an ASCII token"));
+    BillingServiceClient::with_interceptor(channel, Bearer(header))
+}
+
+/// A client authenticated as a project super admin.
+pub async fn admin(addr: impl std::fmt::Display) -> Client {
+    connect(
+        addr,
+        Some(&token("admin-alice", "project_super_admin", None)),
+    )
+    .await
+}
 
 /// A running server; stopped when dropped.
 pub struct TestApp {
@@ -29,7 +84,7 @@ impl TestApp {
     }
 
     pub async fn spawn_with(db: TestDb, tweak: impl FnOnce(&mut ServeConfig)) -> Self {
-        let mut config = ServeConfig::for_database(&db.url);
+        let mut config = ServeConfig::for_database(&db.url, JWT_SECRET);
         tweak(&mut config);
         let app = Application::build(config)
             .await
@@ -40,9 +95,7 @@ impl TestApp {
         tokio::spawn(app.run(async move {
             let _ = stopped.await;
         }));
-        let client = BillingServiceClient::connect(format!("http://{addr}"))
-            .await
-            .expect("connect");
+        let client = admin(addr).await;
         Self {
             client,
             addr,
@@ -52,11 +105,18 @@ impl TestApp {
         }
     }
 
-    /// A new client on its own connection.
+    /// A new super-admin client on its own connection.
     pub async fn new_client(&self) -> Client {
-        BillingServiceClient::connect(format!("http://{}", self.addr))
-            .await
-            .expect("connect")
+        admin(self.addr).await
+    }
+
+    /// A client with `role`'s token.
+    pub async fn client_as(&self, role: &str, customer_id: Option<uuid::Uuid>) -> Client {
+        connect(
+            self.addr,
+            Some(&token(&format!("{role}-tester"), role, customer_id)),
+        )
+        .await
     }
 
     /// A prepaid free-plan account with `credit` micros (and 100 tokens).

@@ -1,0 +1,426 @@
+//! Authentication and authorization, in one place: a tower layer in front of
+//! the billing service verifies the bearer JWT, checks the per-RPC policy
+//! (deny by default), and hands the handlers a [`Principal`]. Handlers that a
+//! customer admin may call check ownership with [`Principal::may_access`],
+//! against the account's stored customer, never a field of the request.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use billing_store::Actor;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use tonic::Status;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use uuid::Uuid;
+
+/// Who may do what.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Everything.
+    ProjectSuperAdmin,
+    /// Call control: rating, holds, charges, and reading accounts.
+    Service,
+    /// Reads its own customer's account, balance and ledger.
+    CustomerAdmin,
+}
+
+impl Role {
+    pub const ALL: [Self; 3] = [Self::ProjectSuperAdmin, Self::Service, Self::CustomerAdmin];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::ProjectSuperAdmin => "project_super_admin",
+            Self::Service => "service",
+            Self::CustomerAdmin => "customer_admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// An authenticated caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// The token's `sub`.
+    pub subject: String,
+    pub role: Role,
+    /// Required for customer admins: the customer whose accounts they read.
+    pub customer_id: Option<Uuid>,
+}
+
+impl Principal {
+    /// The actor recorded on the events this principal causes.
+    pub fn actor(&self) -> Actor {
+        Actor {
+            principal: self.subject.clone(),
+            role: self.role.as_str().to_owned(),
+        }
+    }
+
+    /// Whether this principal may read or act on an account owned by
+    /// `owner` (its stored customer). Only customer admins are restricted.
+    pub fn may_access(&self, owner: Uuid) -> bool {
+        match self.role {
+            Role::ProjectSuperAdmin | Role::Service => true,
+            Role::CustomerAdmin => self.customer_id == Some(owner),
+        }
+    }
+}
+
+/// The RPCs each role may call; anything not listed is denied. Customer
+/// admins are further limited to their own account by the handlers.
+pub fn permits(role: Role, rpc: &str) -> bool {
+    match role {
+        Role::ProjectSuperAdmin => true,
+        Role::Service => matches!(
+            rpc,
+            "Rate"
+                | "Reserve"
+                | "Extend"
+                | "Commit"
+                | "Release"
+                | "Debit"
+                | "GetBillingAccount"
+                | "GetBalance"
+        ),
+        Role::CustomerAdmin => matches!(
+            rpc,
+            "GetBillingAccount" | "GetBalance" | "ListTransactions" | "Rate"
+        ),
+    }
+}
+
+/// The claims of our tokens.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<String>,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+}
+
+/// The key tokens are verified with; it pins the one accepted algorithm.
+#[derive(Clone)]
+pub enum VerifyingKey {
+    /// A shared secret (HS256).
+    Hs256(Vec<u8>),
+    /// An RSA public key in PEM (RS256).
+    Rs256(Vec<u8>),
+    /// An EC P-256 public key in PEM (ES256).
+    Es256(Vec<u8>),
+}
+
+impl fmt::Debug for VerifyingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            Self::Hs256(_) => "Hs256",
+            Self::Rs256(_) => "Rs256",
+            Self::Es256(_) => "Es256",
+        };
+        write!(f, "VerifyingKey::{name}(<redacted>)")
+    }
+}
+
+/// Why a token was refused. Never carries the token itself.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unauthenticated(&'static str);
+
+/// Verifies bearer tokens.
+#[derive(Clone)]
+pub struct Authenticator {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("algorithms", &self.validation.algorithms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Seconds of clock skew tolerated on `exp`.
+const LEEWAY_SECONDS: u64 = 30;
+
+impl Authenticator {
+    pub fn new(
+        key: &VerifyingKey,
+        issuer: Option<&str>,
+        audience: Option<&str>,
+    ) -> Result<Self, String> {
+        let (key, algorithm) = match key {
+            VerifyingKey::Hs256(secret) if secret.len() < 16 => {
+                return Err("the JWT secret must be at least 16 bytes".to_owned());
+            }
+            VerifyingKey::Hs256(secret) => (DecodingKey::from_secret(secret), Algorithm::HS256),
+            VerifyingKey::Rs256(pem) => (
+                DecodingKey::from_rsa_pem(pem).map_err(|e| format!("the RSA public key: {e}"))?,
+                Algorithm::RS256,
+            ),
+            VerifyingKey::Es256(pem) => (
+                DecodingKey::from_ec_pem(pem).map_err(|e| format!("the EC public key: {e}"))?,
+                Algorithm::ES256,
+            ),
+        };
+        // Exactly one algorithm: no `none`, no switching.
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = LEEWAY_SECONDS;
+        validation.required_spec_claims = HashSet::from(["exp".to_owned(), "sub".to_owned()]);
+        validation.validate_aud = false;
+        if let Some(issuer) = issuer {
+            validation.set_issuer(&[issuer]);
+            validation.required_spec_claims.insert("iss".to_owned());
+        }
+        if let Some(audience) = audience {
+            validation.set_audience(&[audience]);
+            validation.validate_aud = true;
+            validation.required_spec_claims.insert("aud".to_owned());
+        }
+        Ok(Self { key, validation })
+    }
+
+    /// The principal of an `authorization: Bearer <jwt>` header value.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, Unauthenticated> {
+        let header = authorization.ok_or(Unauthenticated("missing bearer token"))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or(Unauthenticated(
+                "the authorization header is not a bearer token",
+            ))?;
+        let claims = jsonwebtoken::decode::<Claims>(token.trim(), &self.key, &self.validation)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                Unauthenticated(match e.kind() {
+                    ErrorKind::ExpiredSignature => "the token has expired",
+                    ErrorKind::InvalidAlgorithm => "the token's algorithm is not accepted",
+                    ErrorKind::InvalidSignature => "the token's signature is invalid",
+                    ErrorKind::InvalidIssuer => "the token's issuer is not accepted",
+                    ErrorKind::InvalidAudience => "the token's audience is not accepted",
+                    ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim",
+                    _ => "the token is malformed",
+                })
+            })?
+            .claims;
+        let role = claims
+            .role
+            .as_deref()
+            .ok_or(Unauthenticated("the token has no role"))?;
+        let role = Role::parse(role).ok_or(Unauthenticated("the token's role is unknown"))?;
+        let customer_id = match (role, claims.customer_id.as_deref()) {
+            (Role::CustomerAdmin, None) => {
+                return Err(Unauthenticated(
+                    "a customer_admin token needs a customer_id",
+                ));
+            }
+            (_, None) => None,
+            (_, Some(id)) => Some(
+                Uuid::parse_str(id)
+                    .map_err(|_| Unauthenticated("the token's customer_id is not a UUID"))?,
+            ),
+        };
+        if claims.sub.is_empty() {
+            return Err(Unauthenticated("the token has no subject"));
+        }
+        Ok(Principal {
+            subject: claims.sub,
+            role,
+            customer_id,
+        })
+    }
+}
+
+/// Mints HS256 tokens (`billing token`, tests).
+pub fn mint_hs256(
+    secret: &[u8],
+    subject: &str,
+    role: &str,
+    customer_id: Option<Uuid>,
+    ttl_seconds: u64,
+    issuer: Option<&str>,
+    audience: Option<&str>,
+) -> Result<String, String> {
+    let claims = Claims {
+        sub: subject.to_owned(),
+        role: Some(role.to_owned()),
+        customer_id: customer_id.map(|c| c.to_string()),
+        exp: jsonwebtoken::get_current_timestamp() + ttl_seconds,
+        iss: issuer.map(str::to_owned),
+        aud: audience.map(str::to_owned),
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// The layer that authenticates and authorizes every call of the service it
+/// wraps.
+#[derive(Clone, Debug)]
+pub struct AuthLayer {
+    authenticator: Arc<Authenticator>,
+}
+
+impl AuthLayer {
+    pub fn new(authenticator: Authenticator) -> Self {
+        Self {
+            authenticator: Arc::new(authenticator),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = Authenticated<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Authenticated {
+            inner,
+            authenticator: self.authenticator.clone(),
+        }
+    }
+}
+
+/// A service whose calls carry a verified, authorized [`Principal`].
+#[derive(Clone, Debug)]
+pub struct Authenticated<S> {
+    inner: S,
+    authenticator: Arc<Authenticator>,
+}
+
+impl<S: NamedService> NamedService for Authenticated<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S> tower::Service<http::Request<Body>> for Authenticated<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>> + Send,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        let rpc = request
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let authorization = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let status = match self.authenticator.authenticate(authorization) {
+            Err(reason) => {
+                tracing::info!(rpc, %reason, "unauthenticated call refused");
+                Status::unauthenticated(reason.to_string())
+            }
+            Ok(principal) if !permits(principal.role, &rpc) => {
+                tracing::warn!(rpc, principal = %principal.subject, role = principal.role.as_str(),
+                    "call denied by role");
+                crate::status::denied(&rpc, principal.role)
+            }
+            Ok(principal) => {
+                request.extensions_mut().insert(principal.actor());
+                request.extensions_mut().insert(principal);
+                return Box::pin(self.inner.call(request));
+            }
+        };
+        Box::pin(async move { Ok(status.into_http()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_rpcs_are_denied_to_every_role_but_the_super_admin() {
+        assert!(permits(Role::ProjectSuperAdmin, "SomethingNew"));
+        assert!(!permits(Role::Service, "SomethingNew"));
+        assert!(!permits(Role::CustomerAdmin, "SomethingNew"));
+        assert!(!permits(Role::Service, "AddBalance"));
+        assert!(!permits(Role::CustomerAdmin, "ListBillingAccounts"));
+    }
+
+    #[test]
+    fn keys_never_print_and_short_secrets_are_refused() {
+        let key = VerifyingKey::Hs256(b"super-secret-value-123".to_vec());
+        assert!(!format!("{key:?}").contains("super-secret"));
+        let authenticator = Authenticator::new(&key, None, None).unwrap();
+        assert!(!format!("{authenticator:?}").contains("super-secret"));
+        assert!(Authenticator::new(&VerifyingKey::Hs256(b"short".to_vec()), None, None).is_err());
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_when_configured() {
+        let secret = b"0123456789abcdef0123";
+        let strict = Authenticator::new(
+            &VerifyingKey::Hs256(secret.to_vec()),
+            Some("billing-idp"),
+            Some("billing"),
+        )
+        .unwrap();
+        let right = mint_hs256(
+            secret,
+            "a",
+            "service",
+            None,
+            60,
+            Some("billing-idp"),
+            Some("billing"),
+        )
+        .unwrap();
+        let wrong_iss = mint_hs256(
+            secret,
+            "a",
+            "service",
+            None,
+            60,
+            Some("evil"),
+            Some("billing"),
+        )
+        .unwrap();
+        let no_aud =
+            mint_hs256(secret, "a", "service", None, 60, Some("billing-idp"), None).unwrap();
+        assert!(
+            strict
+                .authenticate(Some(&format!("Bearer {right}")))
+                .is_ok()
+        );
+        assert!(
+            strict
+                .authenticate(Some(&format!("Bearer {wrong_iss}")))
+                .is_err()
+        );
+        assert!(
+            strict
+                .authenticate(Some(&format!("Bearer {no_aud}")))
+                .is_err()
+        );
+    }
+}

@@ -54,6 +54,7 @@ pub fn create(id: Uuid, cmd: &CreateAccount, now: DateTime<Utc>) -> Result<Execu
             version: account.version,
             event: Event::AccountCreated(created),
             balances: account.balances(now)?,
+            account: account.view(now)?,
         }],
         account,
         now,
@@ -131,6 +132,7 @@ impl Draft {
             version: self.account.version,
             event,
             balances: self.account.balances(self.now)?,
+            account: self.account.view(self.now)?,
         });
         Ok(())
     }

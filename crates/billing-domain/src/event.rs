@@ -206,12 +206,15 @@ impl Event {
     }
 }
 
-/// An event as decided, with its version and the balances after it.
+/// An event as decided, with its version and the account after it: the
+/// balances every event carries, and the whole account view, so a consumer of
+/// the outbox can act without calling back.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recorded {
     pub version: i64,
     pub event: Event,
     pub balances: Balances,
+    pub account: crate::account::AccountView,
 }
 
 impl Account {

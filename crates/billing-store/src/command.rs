@@ -346,6 +346,10 @@ async fn append_events(
         .iter()
         .map(|r| serde_json::to_value(&r.event))
         .collect::<Result<Vec<Value>, _>>()?;
+    let accounts_after = events
+        .iter()
+        .map(|r| serde_json::to_value(&r.account))
+        .collect::<Result<Vec<Value>, _>>()?;
     let column = |f: fn(&billing_domain::Balances) -> i64| -> Vec<i64> {
         events.iter().map(|r| f(&r.balances)).collect()
     };
@@ -355,12 +359,13 @@ async fn append_events(
         "INSERT INTO events (event_id, account_id, version, event_type, schema_version, occurred_at,
                              actor_principal, actor_role, idempotency_key, trace_id, payload,
                              balance_credit, balance_token, reserved_credit, reserved_token,
-                             available_credit, available_token)
+                             available_credit, available_token, account_after)
          SELECT e.event_id, $2, e.version, e.event_type, $3, $4, $5, $6, $7, $8, e.payload,
-                e.bc, e.bt, e.rc, e.rt, e.ac, e.at
+                e.bc, e.bt, e.rc, e.rt, e.ac, e.at, e.account_after
          FROM UNNEST($1::uuid[], $9::bigint[], $10::text[], $11::jsonb[], $12::bigint[],
-                     $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[])
-              AS e(event_id, version, event_type, payload, bc, bt, rc, rt, ac, at)
+                     $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[],
+                     $18::jsonb[])
+              AS e(event_id, version, event_type, payload, bc, bt, rc, rt, ac, at, account_after)
          ORDER BY e.version",
         )
         .await?;
@@ -384,6 +389,7 @@ async fn append_events(
             &column(|b| b.reserved_token.get()),
             &column(|b| b.available_credit.get()),
             &column(|b| b.available_token.get()),
+            &accounts_after,
         ],
     )
     .await?;

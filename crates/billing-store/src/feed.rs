@@ -6,7 +6,7 @@
 //! xmin: every transaction below it has finished, so nothing can later appear
 //! behind the cursor.
 
-use billing_domain::{Balances, Event, Micros, Tokens};
+use billing_domain::{AccountView, Balances, Event, Micros, Tokens};
 use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 use uuid::Uuid;
@@ -44,6 +44,9 @@ pub struct StoredEvent {
     pub trace_id: Option<String>,
     pub event: Event,
     pub balances: Balances,
+    /// The account view after the event (`None` for events written before
+    /// migration 0003).
+    pub account_after: Option<AccountView>,
 }
 
 /// The event columns readers select. The xid goes out as text under another
@@ -51,7 +54,8 @@ pub struct StoredEvent {
 /// text ("1000" before "933"), and a reader would skip events.
 pub(crate) const COLUMNS: &str = "position, xid::text AS xid_text, event_id, account_id, version, event_type, schema_version,
      occurred_at, actor_principal, actor_role, idempotency_key, trace_id, payload,
-     balance_credit, balance_token, reserved_credit, reserved_token, available_credit, available_token";
+     balance_credit, balance_token, reserved_credit, reserved_token, available_credit, available_token,
+     account_after";
 
 impl StoredEvent {
     pub(crate) fn from_row(row: &Row) -> Result<Self, StoreError> {
@@ -84,6 +88,10 @@ impl StoredEvent {
                 available_credit: Micros(row.get(17)),
                 available_token: Tokens(row.get(18)),
             },
+            account_after: row
+                .get::<_, Option<serde_json::Value>>(19)
+                .map(serde_json::from_value)
+                .transpose()?,
         })
     }
 }

@@ -17,6 +17,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0002_read_models",
         include_str!("../../../migrations/0002_read_models.sql"),
     ),
+    (
+        3,
+        "0003_event_account_after",
+        include_str!("../../../migrations/0003_event_account_after.sql"),
+    ),
 ];
 
 /// Serializes concurrent migrators (several replicas starting at once).

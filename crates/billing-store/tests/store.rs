@@ -112,6 +112,14 @@ async fn appended_events_load_back_in_version_order_and_fold_to_the_state() {
     );
     assert_eq!(last.trace_id.as_deref(), Some("trace-1"));
     assert_eq!(last.schema_version, EVENT_SCHEMA_VERSION);
+    let after = last
+        .account_after
+        .as_ref()
+        .expect("the account view after the event");
+    assert_eq!(
+        (after.version, after.balance_credit, after.name.as_str()),
+        (4, Micros(30_000), "Primary Account")
+    );
 
     let state = store.account(id).await.unwrap().unwrap();
     let folded = Account::fold(id, events.iter().map(|e| (&e.event, e.occurred_at)))

@@ -127,3 +127,115 @@ impl Store {
         rows.iter().map(StoredEvent::from_row).collect()
     }
 }
+
+impl Store {
+    /// Like [`Store::read_feed`], with each event's predecessor's available
+    /// credit (`None` for an account's first event), for crossing alerts.
+    pub async fn read_feed_with_previous(
+        &self,
+        after: Cursor,
+        limit: i64,
+    ) -> Result<Vec<(StoredEvent, Option<i64>)>, StoreError> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "SELECT {COLUMNS},
+                    (SELECT p.available_credit FROM events p
+                     WHERE p.account_id = events.account_id AND p.version = events.version - 1)
+             FROM events
+             WHERE (xid, position) > ($1::text::xid8, $2)
+               AND xid < pg_snapshot_xmin(pg_current_snapshot())
+             ORDER BY xid, position
+             LIMIT $3"
+        );
+        let rows = client
+            .query(&sql, &[&after.xid.to_string(), &after.position, &limit])
+            .await?;
+        rows.iter()
+            .map(|row| Ok((StoredEvent::from_row(row)?, row.get(20))))
+            .collect()
+    }
+
+    /// Takes the exclusive lease on checkpoint `name`, or `None` while
+    /// another process holds it. The lease is a session advisory lock on a
+    /// connection of its own: it ends when that connection does (a crashed
+    /// holder's lease ends with it), and the checkpoint only moves through it.
+    pub async fn acquire_lease(&self, name: &str) -> Result<Option<Lease>, StoreError> {
+        let (client, connection) = self.config.connect(tokio_postgres::NoTls).await?;
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let held: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&lease_key(name)])
+            .await?
+            .get(0);
+        if !held {
+            driver.abort();
+            return Ok(None);
+        }
+        Ok(Some(Lease {
+            client,
+            name: name.to_owned(),
+            driver,
+        }))
+    }
+}
+
+/// The advisory lock key of a lease (FNV-1a of its name).
+fn lease_key(name: &str) -> i64 {
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    i64::from_ne_bytes(hash.to_ne_bytes())
+}
+
+/// An exclusive hold on a feed checkpoint (see [`Store::acquire_lease`]).
+#[derive(Debug)]
+pub struct Lease {
+    /// The connection that holds the advisory lock.
+    client: tokio_postgres::Client,
+    name: String,
+    /// Drives `client`'s connection; aborted with the lease.
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Lease {
+    /// Whether the lease's connection (and so the lock) is still there.
+    pub fn is_held(&self) -> bool {
+        !self.client.is_closed()
+    }
+
+    /// The checkpoint: the last event handled.
+    pub async fn cursor(&self) -> Result<Cursor, StoreError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT xid::text, position FROM feed_checkpoints WHERE name = $1",
+                &[&self.name],
+            )
+            .await?;
+        let xid: &str = row.get(0);
+        Ok(Cursor {
+            xid: xid
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("xid `{xid}`")))?,
+            position: row.get(1),
+        })
+    }
+
+    /// Moves the checkpoint to `to`. Fails once the lease is lost.
+    pub async fn advance(&self, to: Cursor) -> Result<(), StoreError> {
+        self.client
+            .execute(
+                "UPDATE feed_checkpoints SET xid = $2::text::xid8, position = $3 WHERE name = $1",
+                &[&self.name, &to.xid.to_string(), &to.position],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}

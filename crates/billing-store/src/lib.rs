@@ -33,7 +33,7 @@ use tokio_postgres::NoTls;
 
 pub use command::Answer;
 pub use error::StoreError;
-pub use feed::{Cursor, StoredEvent};
+pub use feed::{Cursor, Lease, StoredEvent};
 pub use migrate::{MIGRATIONS, migrate};
 pub use projection::{BatchReport, Gap, Lag, LedgerEntry, LedgerQuery, READ_MODELS};
 

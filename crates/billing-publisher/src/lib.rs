@@ -1,0 +1,262 @@
+//! The Kafka publisher role: follows the event feed and produces one
+//! `account_updated` message per event (keyed by account id, so in order per
+//! account) and the balance alerts events raise. At least once: the cursor
+//! moves only after the broker has acknowledged every message up to it, and
+//! consumers deduplicate by (account_id, version).
+//!
+//! - [`message`]: the messages, a pure function of the events.
+//! - [`run`]: the role. One publisher per checkpoint is active at a time (a
+//!   lease); stand-bys take over when it dies.
+
+#![forbid(unsafe_code)]
+
+pub mod message;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use billing_store::{Lease, Store, StoredEvent};
+use futures::future::try_join_all;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::{Notify, watch};
+
+/// The feed checkpoint the publisher keeps.
+pub const CHECKPOINT: &str = "kafka";
+
+/// Where and how to publish.
+#[derive(Clone, Debug)]
+pub struct PublisherConfig {
+    /// Bootstrap servers, `host:port,...`.
+    pub brokers: String,
+    /// `account_updated` for every change.
+    pub topic: String,
+    /// `balance_low`, `balance_recovered`, `credit_limit_exceeded`.
+    pub alerts_topic: String,
+    /// Partitions of topics this publisher creates.
+    pub partitions: i32,
+    /// Replicas of topics this publisher creates.
+    pub replication_factor: i32,
+    /// Events per batch.
+    pub batch: i64,
+    /// How long librdkafka keeps retrying a message before failing it.
+    pub message_timeout_ms: u32,
+}
+
+impl PublisherConfig {
+    pub fn new(brokers: &str) -> Self {
+        Self {
+            brokers: brokers.to_owned(),
+            topic: "billing.account_updated.v1".to_owned(),
+            alerts_topic: "billing.balance_alerts.v1".to_owned(),
+            partitions: 3,
+            replication_factor: 1,
+            batch: 500,
+            message_timeout_ms: 120_000,
+        }
+    }
+}
+
+/// How long to wait before trying again after a failure.
+const BACKOFF: Duration = Duration::from_millis(500);
+/// How often to look for events without a notification.
+const POLL: Duration = Duration::from_millis(500);
+
+/// Creates the topics when missing.
+pub async fn ensure_topics(config: &PublisherConfig) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .create()?;
+    let topics = [&config.topic, &config.alerts_topic].map(|name| {
+        NewTopic::new(
+            name,
+            config.partitions,
+            TopicReplication::Fixed(config.replication_factor),
+        )
+    });
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(&topics, &options).await? {
+        match result {
+            Ok(topic) => tracing::info!(topic, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                tracing::warn!(topic, %code, "cannot create topic");
+                return Err(KafkaError::AdminOp(code));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn producer(config: &PublisherConfig) -> Result<FutureProducer, KafkaError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", config.message_timeout_ms.to_string())
+        .set("linger.ms", "5")
+        .create()
+}
+
+/// Runs the publisher until `shutdown` turns true.
+pub async fn run(store: Store, config: PublisherConfig, mut shutdown: watch::Receiver<bool>) {
+    let wakeup = Arc::new(Notify::new());
+    let listener = tokio::spawn(listen(store.clone(), wakeup.clone()));
+    while !*shutdown.borrow() {
+        if let Err(error) = ensure_topics(&config).await {
+            tracing::warn!(%error, "publisher: topics not ready; retrying");
+            if wait(&mut shutdown, BACKOFF * 4).await {
+                break;
+            }
+            continue;
+        }
+        let lease = match store.acquire_lease(CHECKPOINT).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => {
+                // Another publisher is active: stand by.
+                if wait(&mut shutdown, Duration::from_secs(1)).await {
+                    break;
+                }
+                continue;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "publisher: cannot take the lease");
+                if wait(&mut shutdown, BACKOFF).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        tracing::info!("publisher: active");
+        publish_while_leased(&store, &config, &lease, &wakeup, &mut shutdown).await;
+        tracing::info!("publisher: lease ended");
+    }
+    listener.abort();
+    tracing::info!("publisher stopped");
+}
+
+/// Sleeps `duration` or until shutdown; true when shutting down.
+async fn wait(shutdown: &mut watch::Receiver<bool>, duration: Duration) -> bool {
+    tokio::select! {
+        _ = shutdown.changed() => true,
+        () = tokio::time::sleep(duration) => *shutdown.borrow(),
+    }
+}
+
+async fn publish_while_leased(
+    store: &Store,
+    config: &PublisherConfig,
+    lease: &Lease,
+    wakeup: &Notify,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    let mut producer: Option<FutureProducer> = None;
+    while lease.is_held() && !*shutdown.borrow() {
+        let cursor = match lease.cursor().await {
+            Ok(cursor) => cursor,
+            Err(error) => {
+                tracing::warn!(%error, "publisher: lost the checkpoint");
+                return;
+            }
+        };
+        let batch = match store.read_feed_with_previous(cursor, config.batch).await {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::warn!(%error, "publisher: cannot read the feed");
+                wait(shutdown, BACKOFF).await;
+                continue;
+            }
+        };
+        let Some(last) = batch.last().map(|(e, _)| e.cursor) else {
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                () = wakeup.notified() => {}
+                () = tokio::time::sleep(POLL) => {}
+            }
+            continue;
+        };
+        let active = match producer.take() {
+            Some(p) => p,
+            None => match self::producer(config) {
+                Ok(p) => p,
+                Err(error) => {
+                    tracing::warn!(%error, "publisher: cannot create a producer");
+                    wait(shutdown, BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        match publish(&active, config, &batch).await {
+            Ok(messages) => {
+                // Every message up to `last` is acknowledged: only now move.
+                if let Err(error) = lease.advance(last).await {
+                    tracing::warn!(%error, "publisher: cannot store the cursor");
+                    return;
+                }
+                tracing::debug!(events = batch.len(), messages, ?last, "published");
+                producer = Some(active);
+            }
+            Err(error) => {
+                // Recreate the producer and republish from the cursor:
+                // duplicates, never gaps.
+                tracing::warn!(%error, ?cursor, "publisher: delivery failed; republishing from the cursor");
+                drop(active);
+                wait(shutdown, BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Produces the batch's messages in feed order and waits for every
+/// acknowledgement. Returns how many messages were acknowledged.
+async fn publish(
+    producer: &FutureProducer,
+    config: &PublisherConfig,
+    batch: &[(StoredEvent, Option<i64>)],
+) -> Result<usize, KafkaError> {
+    let mut deliveries = Vec::with_capacity(batch.len());
+    for (event, available_before) in batch {
+        let mut messages = vec![(&config.topic, message::account_updated(event))];
+        for alert in message::alerts(event, *available_before) {
+            messages.push((&config.alerts_topic, message::alert(event, alert)));
+        }
+        for (topic, m) in messages {
+            let payload = m.payload.to_string();
+            let mut headers = OwnedHeaders::new();
+            for (key, value) in &m.headers {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value.as_str()),
+                });
+            }
+            let record = FutureRecord::to(topic)
+                .key(&m.key)
+                .payload(&payload)
+                .headers(headers);
+            let delivery = producer.send_result(record).map_err(|(error, _)| error)?;
+            deliveries.push(delivery);
+        }
+    }
+    let count = deliveries.len();
+    let results = try_join_all(deliveries)
+        .await
+        .map_err(|_| KafkaError::Canceled)?;
+    for result in results {
+        result.map_err(|(error, _)| error)?;
+    }
+    Ok(count)
+}
+
+/// Keeps a LISTEN connection open, reconnecting after failures.
+async fn listen(store: Store, wakeup: Arc<Notify>) {
+    loop {
+        if let Err(error) = store.listen_for_events(wakeup.clone()).await {
+            tracing::debug!(%error, "publisher: LISTEN connection lost; reconnecting");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

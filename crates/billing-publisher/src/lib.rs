@@ -5,12 +5,14 @@
 //! consumers deduplicate by (account_id, version).
 //!
 //! - [`message`]: the messages, a pure function of the events.
+//! - [`tail`]: a deduplicating consumer (`billing tail`).
 //! - [`run`]: the role. One publisher per checkpoint is active at a time (a
 //!   lease); stand-bys take over when it dies.
 
 #![forbid(unsafe_code)]
 
 pub mod message;
+pub mod tail;
 
 use std::sync::Arc;
 use std::time::Duration;

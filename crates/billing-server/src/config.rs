@@ -44,6 +44,53 @@ pub enum Role {
     Sweeper,
     /// Keeps the read models (accounts, ledger) current from the events.
     Projector,
+    /// Publishes every balance change to Kafka (needs BILLING_KAFKA_BROKERS).
+    Publisher,
+}
+
+/// Where balance changes are published.
+#[derive(Clone, Debug, clap::Args)]
+pub struct KafkaArgs {
+    /// Bootstrap servers (`host:port,...`); required by the publisher role.
+    #[arg(long, env = "BILLING_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// The topic of `account_updated` messages.
+    #[arg(
+        long,
+        env = "BILLING_KAFKA_TOPIC",
+        default_value = "billing.account_updated.v1"
+    )]
+    pub kafka_topic: String,
+    /// The topic of balance alerts.
+    #[arg(
+        long,
+        env = "BILLING_KAFKA_ALERTS_TOPIC",
+        default_value = "billing.balance_alerts.v1"
+    )]
+    pub kafka_alerts_topic: String,
+    /// Partitions of the topics when the publisher creates them.
+    #[arg(long, env = "BILLING_KAFKA_PARTITIONS", default_value_t = 3)]
+    pub kafka_partitions: i32,
+    /// Replicas of the topics when the publisher creates them.
+    #[arg(long, env = "BILLING_KAFKA_REPLICATION", default_value_t = 1)]
+    pub kafka_replication: i32,
+}
+
+impl KafkaArgs {
+    /// The publisher's settings; an error without brokers.
+    pub fn publisher(&self) -> anyhow::Result<billing_publisher::PublisherConfig> {
+        let brokers = self
+            .kafka_brokers
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("the publisher role needs BILLING_KAFKA_BROKERS"))?;
+        Ok(billing_publisher::PublisherConfig {
+            topic: self.kafka_topic.clone(),
+            alerts_topic: self.kafka_alerts_topic.clone(),
+            partitions: self.kafka_partitions,
+            replication_factor: self.kafka_replication,
+            ..billing_publisher::PublisherConfig::new(brokers)
+        })
+    }
 }
 
 #[derive(Clone, Debug, clap::Args)]
@@ -121,6 +168,8 @@ pub struct ServeConfig {
     pub database: DatabaseArgs,
     #[command(flatten)]
     pub jwt: JwtArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
     /// Where the gRPC API listens.
     #[arg(long, env = "BILLING_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
@@ -158,6 +207,13 @@ impl ServeConfig {
                 jwt_algorithm: PublicKeyAlgorithm::Rs256,
                 jwt_issuer: None,
                 jwt_audience: None,
+            },
+            kafka: KafkaArgs {
+                kafka_brokers: None,
+                kafka_topic: "billing.account_updated.v1".to_owned(),
+                kafka_alerts_topic: "billing.balance_alerts.v1".to_owned(),
+                kafka_partitions: 3,
+                kafka_replication: 1,
             },
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             roles: vec![Role::Api, Role::Sweeper, Role::Projector],

@@ -1,5 +1,5 @@
 //! The billing service process: configuration, telemetry, and the roles one
-//! binary runs (the gRPC API, the sweeper, the projector). `main.rs` only parses the
+//! binary runs (the gRPC API, the sweeper, the projector, the publisher). `main.rs` only parses the
 //! command line and calls in here, so tests run the real server.
 //!
 //! - [`Application`]: binds the listener (port 0 in tests) and runs roles
@@ -7,7 +7,8 @@
 //! - [`config`]: flags and `BILLING_*` environment variables.
 //! - [`telemetry`]: log output.
 //! - [`sweeper`]: the sweeper role.
-//! - [`projector`]: the projector role (read models).
+//! - [`projector`]: the projector role (read models); the publisher role
+//!   lives in `billing-publisher`.
 //! - [`call`]: `billing call`, a JSON client for trying the API.
 
 #![forbid(unsafe_code)]
@@ -37,6 +38,8 @@ pub struct Application {
     /// The API's socket (bound in `build`, so its port is known before
     /// `run`) and its token verifier.
     listener: Option<(TcpListener, Authenticator)>,
+    /// The publisher's settings, when this process runs it.
+    publisher: Option<billing_publisher::PublisherConfig>,
     store: Store,
     config: ServeConfig,
 }
@@ -53,6 +56,11 @@ impl Application {
             let applied = store.migrate().await.context("applying migrations")?;
             tracing::info!(applied, "migrations are up to date");
         }
+        let publisher = if config.roles.contains(&Role::Publisher) {
+            Some(config.kafka.publisher()?)
+        } else {
+            None
+        };
         let authenticator = if config.roles.contains(&Role::Api) {
             Some(config.jwt.authenticator()?)
         } else {
@@ -67,6 +75,7 @@ impl Application {
             None
         };
         Ok(Self {
+            publisher,
             listener: listener.zip(authenticator),
             store,
             config,
@@ -101,6 +110,13 @@ impl Application {
         }
         if self.config.roles.contains(&Role::Projector) {
             tasks.spawn(projector::run(self.store.clone(), stop_rx.clone()));
+        }
+        if let Some(publisher) = self.publisher {
+            tasks.spawn(billing_publisher::run(
+                self.store.clone(),
+                publisher,
+                stop_rx.clone(),
+            ));
         }
         let serve = match self.listener {
             Some((listener, authenticator)) => Some(serve_api(

@@ -53,6 +53,18 @@ enum Cmd {
         #[command(flatten)]
         jwt: billing_server::config::JwtArgs,
     },
+    /// Print every balance change on the Kafka topic once, in order
+    /// (deduplicated by account and version), until interrupted.
+    Tail {
+        #[arg(long, env = "BILLING_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(
+            long,
+            env = "BILLING_KAFKA_TOPIC",
+            default_value = "billing.account_updated.v1"
+        )]
+        topic: String,
+    },
     /// Print the default rate table as TOML (a starting point for BILLING_RATE_TABLE).
     Rates,
     /// Call one RPC with a JSON request and print the JSON reply.
@@ -141,6 +153,12 @@ async fn main() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!(e))?;
             println!("{token}");
             Ok(())
+        }
+        Cmd::Tail { brokers, topic } => {
+            tokio::select! {
+                result = billing_publisher::tail::run(&brokers, &topic) => Ok(result?),
+                () = shutdown_signal() => Ok(()),
+            }
         }
         Cmd::Rates => {
             print!("{}", billing_domain::RateTable::default().to_toml());

@@ -25,8 +25,12 @@ free_port() {
 }
 
 started_pg=()
+started_kafka=()
 cleanup() {
   local dir
+  for dir in "${started_kafka[@]}"; do
+    "$root/scripts/kafka.sh" stop "$dir" || true
+  done
   for dir in "${started_pg[@]}"; do
     "$root/scripts/pg.sh" stop "$dir" || true
   done
@@ -35,6 +39,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 cmd_run() {
+  local kafka_storage="memory://nisshi/"
   if [ -z "${BILLING_DATABASE_URL:-}" ]; then
     local port=${BILLING_DEV_PG_PORT:-55433} admin
     if ! admin=$("$root/scripts/pg.sh" start "$dev/pg" "$port" 2>"$dev/pg-start.log"); then
@@ -42,9 +47,14 @@ cmd_run() {
       admin=$("$root/scripts/pg.sh" start "$dev/pg" "$port")
     fi
     started_pg+=("$dev/pg")
-    psql "$admin" -qAtc "SELECT 1 FROM pg_database WHERE datname = 'billing'" | grep -q 1 \
-      || psql "$admin" -qc "CREATE DATABASE billing"
+    local db
+    for db in billing nisshi; do
+      psql "$admin" -qAtc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 \
+        || psql "$admin" -qc "CREATE DATABASE $db"
+    done
     export BILLING_DATABASE_URL="postgres://postgres@127.0.0.1:$port/billing"
+    # The broker keeps its topics in a database of its own, so they survive restarts.
+    kafka_storage="postgres://postgres@127.0.0.1:$port/nisshi"
     echo "PostgreSQL (data in .dev/pg) at 127.0.0.1:$port, database billing"
   fi
   # Every RPC needs a bearer token: without configured keys, a development
@@ -56,6 +66,15 @@ cmd_run() {
     BILLING_JWT_SECRET=$(cat "$dev/jwt-secret")
     export BILLING_JWT_SECRET
   fi
+  if [ -z "${BILLING_KAFKA_BROKERS:-}" ]; then
+    local kafka_port
+    kafka_port=$(free_port 9092)
+    BILLING_KAFKA_BROKERS=$("$root/scripts/kafka.sh" start "$dev/kafka" "$kafka_port" "$kafka_storage")
+    export BILLING_KAFKA_BROKERS
+    started_kafka+=("$dev/kafka")
+    echo "Kafka-protocol broker (nisshi) at $BILLING_KAFKA_BROKERS, storage ${kafka_storage%%://*}"
+  fi
+  export BILLING_ROLES=${BILLING_ROLES:-api,sweeper,projector,publisher}
   cargo build --bin billing
   local bin="$root/target/debug/billing"
   "$bin" migrate
@@ -79,6 +98,7 @@ Paste one export line into another terminal, then for example:
 TXT
   fi
   cat <<TXT
+Watch every balance change on Kafka: target/debug/billing tail --brokers $BILLING_KAFKA_BROKERS
 The README walks through a whole call. Ctrl-C stops everything.
 
 TXT
@@ -98,6 +118,15 @@ cmd_test() {
   started_pg+=("$dev/pg-test")
   echo "test PostgreSQL at 127.0.0.1:$port (throwaway, in .dev/pg-test)"
   export BILLING_TEST_DATABASE_URL="$admin"
+  # A broker for the Kafka tests; some tests start brokers of their own.
+  BILLING_TEST_NISSHI=$("$root/scripts/kafka.sh" bin)
+  export BILLING_TEST_NISSHI
+  local kafka_port
+  kafka_port=$(free_port 19092)
+  BILLING_TEST_KAFKA_BROKERS=$("$root/scripts/kafka.sh" start "$dev/kafka-test" "$kafka_port")
+  export BILLING_TEST_KAFKA_BROKERS
+  started_kafka+=("$dev/kafka-test")
+  echo "test broker at $BILLING_TEST_KAFKA_BROKERS"
   cargo test --workspace --no-fail-fast
 }
 

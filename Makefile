@@ -1,5 +1,5 @@
 # The commands a developer and CI use. See README.md.
-.PHONY: run test lint fmt check
+.PHONY: run test bench lint fmt check
 
 # Start PostgreSQL (unless BILLING_DATABASE_URL is set), migrate, and serve
 # gRPC on 127.0.0.1:50051 (BILLING_GRPC_ADDR). Ctrl-C stops everything.
@@ -9,6 +9,11 @@ run:
 # Run every test, against a throwaway PostgreSQL it starts and stops.
 test:
 	scripts/dev.sh test
+
+# The service under call-control load next to a plain SQL charge (pgbench),
+# swept over concurrency and account distribution. See BENCHMARKS.md.
+bench:
+	scripts/bench.sh
 
 # Formatting and lints, as CI checks them.
 lint:

@@ -6,6 +6,8 @@
 #   scripts/pg.sh stop DATADIR                       stop it
 #
 # --ephemeral wipes DATADIR first and turns durability off (fsync): for tests.
+# --fresh wipes DATADIR first and keeps durability on, with pg_stat_statements
+# loaded: for benchmarks.
 # PostgreSQL refuses to run as root, so as root the server runs as `postgres`.
 set -euo pipefail
 
@@ -47,7 +49,7 @@ case "$cmd" in
     port=${3:?port}; ephemeral=${4:-}
     ensure_binaries
     bin=$(bindir)
-    if [ "$ephemeral" = "--ephemeral" ] && [ -d "$datadir" ]; then
+    if { [ "$ephemeral" = "--ephemeral" ] || [ "$ephemeral" = "--fresh" ]; } && [ -d "$datadir" ]; then
       as_owner "$bin/pg_ctl" -D "$datadir" -m immediate stop >/dev/null 2>&1 || true
       rm -rf "$datadir"
     fi
@@ -66,6 +68,10 @@ case "$cmd" in
           echo "fsync = off"
           echo "synchronous_commit = off"
           echo "full_page_writes = off"
+        fi
+        if [ "$ephemeral" = "--fresh" ]; then
+          echo "shared_preload_libraries = 'pg_stat_statements'"
+          echo "pg_stat_statements.track = all"
         fi
       } >> "$datadir/postgresql.conf"
     fi

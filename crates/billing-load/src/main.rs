@@ -1,0 +1,43 @@
+//! `billing-load`: drives the billing service like call control does, and
+//! reports what it measured.
+//!
+//! - `run`: N workers, each looping `Reserve` then `Commit` (PSTN or VN, a
+//!   random real duration), mixed with SMS `Debit`s, against K accounts or one
+//!   hot account. Latency per RPC (HDR histograms), errors by status code,
+//!   calls and changes per second, and the CPU the generator, the server and
+//!   PostgreSQL used, written as JSON.
+//! - `report`: one table from a directory of run and baseline JSON files.
+
+mod report;
+mod run;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "billing-load",
+    about = "Call-control load generator for the billing service"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Drive the service and write the measurements as JSON.
+    Run(run::RunArgs),
+    /// Print one table from the JSON files in a directory.
+    Report {
+        /// The directory of run and baseline JSON files.
+        dir: std::path::PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Run(args) => run::run(args).await,
+        Cmd::Report { dir } => report::report(&dir),
+    }
+}

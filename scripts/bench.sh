@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# make bench: the service under call-control load next to the plainest SQL
+# charge (pgbench), on the same PostgreSQL at the same concurrency, over a
+# sweep of concurrency and account distribution. Prints one table and writes
+# JSON under target/bench/.
+#
+# BENCH_SECONDS (10), BENCH_WARMUP (2), BENCH_CONCURRENCY ("1 4 16 64"),
+# BENCH_ACCOUNTS (100, for the uniform distribution) tune it.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+dev="$root/.dev"
+out="$root/target/bench"
+seconds=${BENCH_SECONDS:-10}
+warmup=${BENCH_WARMUP:-2}
+sweep=${BENCH_CONCURRENCY:-1 4 16 64}
+uniform_accounts=${BENCH_ACCOUNTS:-100}
+mkdir -p "$dev" "$out"
+rm -f "$out"/*.json
+
+server_pid=""
+cleanup() {
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  "$root/scripts/kafka.sh" stop "$dev/kafka-bench" || true
+  "$root/scripts/pg.sh" stop "$dev/pg-bench" || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+  local port
+  for port in $(seq "$1" $(( $1 + 200 ))); do
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "$port"; return; fi
+  done
+  return 1
+}
+
+echo "building (release)..."
+cargo build --release --bin billing --bin billing-load
+bin="$root/target/release"
+
+# One PostgreSQL for both, durable (fsync on), with pg_stat_statements.
+pg_port=$(free_port 55532)
+admin=$("$root/scripts/pg.sh" start "$dev/pg-bench" "$pg_port" --fresh)
+psql "$admin" -qc "CREATE DATABASE billing" -c "CREATE DATABASE baseline"
+db="postgres://postgres@127.0.0.1:$pg_port/billing"
+baseline_db="postgres://postgres@127.0.0.1:$pg_port/baseline"
+pgbench=$(ls -d /usr/lib/postgresql/*/bin/pgbench | sort -V | tail -n 1)
+
+kafka_port=$(free_port 19192)
+brokers=$("$root/scripts/kafka.sh" start "$dev/kafka-bench" "$kafka_port")
+
+# The service, as make run runs it: every role, the publisher included.
+export BILLING_JWT_SECRET
+BILLING_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+grpc_port=$(free_port 50151)
+BILLING_DATABASE_URL="$db" BILLING_KAFKA_BROKERS="$brokers" RUST_LOG=warn \
+  "$bin/billing" serve --migrate --roles api,sweeper,projector,publisher \
+  --grpc-addr "127.0.0.1:$grpc_port" > "$out/server.log" 2>&1 &
+server_pid=$!
+for _ in $(seq 1 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$grpc_port") 2>/dev/null && break
+  sleep 0.1
+done
+
+# The baseline: one statement, one transaction per charge, that decrements
+# the balance only if it covers the amount and records the ledger row.
+psql "$baseline_db" -q <<SQL
+CREATE TABLE balances (account_id int PRIMARY KEY, balance bigint NOT NULL);
+CREATE TABLE ledger (id bigserial PRIMARY KEY, account_id int NOT NULL, amount bigint NOT NULL,
+                     balance_after bigint NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
+INSERT INTO balances SELECT g, 1000000000000000 FROM generate_series(1, $uniform_accounts) g;
+SQL
+cat > "$out/charge.sql" <<'SQL'
+\set aid random(1, :accounts)
+\set amount random(1000, 60000)
+WITH charged AS (
+  UPDATE balances SET balance = balance - :amount
+  WHERE account_id = :aid AND balance >= :amount
+  RETURNING account_id, balance
+)
+INSERT INTO ledger (account_id, amount, balance_after) SELECT account_id, -:amount, balance FROM charged;
+SQL
+
+for accounts in "$uniform_accounts" 1; do
+  dist=uniform; [ "$accounts" = 1 ] && dist=hot
+  for c in $sweep; do
+    jobs=$(( c < 2 ? c : 2 ))
+    tps=$("$pgbench" -n -c "$c" -j "$jobs" -T "$seconds" -D "accounts=$accounts" -f "$out/charge.sql" "$baseline_db" 2>/dev/null \
+      | awk '/^tps = / {print $3; exit}')
+    printf '{"kind":"baseline","distribution":"%s","accounts":%s,"concurrency":%s,"tps":%s}\n' \
+      "$dist" "$accounts" "$c" "${tps:-0}" > "$out/baseline-$dist-$c.json"
+    echo "baseline $dist c=$c: $tps charges/s"
+    "$bin/billing-load" run --addr "127.0.0.1:$grpc_port" --concurrency "$c" --accounts "$accounts" \
+      --duration-s "$seconds" --warmup-s "$warmup" --server-pid "$server_pid" \
+      --label "service-$dist-$c" --out "$out/service-$dist-$c.json"
+  done
+done
+
+psql "$db" -qAtc "SELECT calls, round(mean_exec_time::numeric, 3), left(regexp_replace(query, '\\s+', ' ', 'g'), 90)
+                  FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'billing')
+                  ORDER BY total_exec_time DESC LIMIT 12" > "$out/top-statements.txt" || true
+psql "$db" -qAtc "SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = 'billing'" > "$out/transactions.txt" || true
+psql "$db" -qAtc "SELECT wal_records, wal_bytes, wal_write, wal_sync FROM pg_stat_wal" > "$out/wal.txt" || true
+psql "$db" -qAtc "SELECT count(*) FROM events" > "$out/events.txt" || true
+
+echo
+echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), PostgreSQL $(psql "$admin" -qAtc 'SHOW server_version')"
+"$bin/billing-load" report "$out"
+echo "JSON in target/bench/ (summary.json, one file per run); top statements in target/bench/top-statements.txt"

@@ -44,6 +44,7 @@ bin="$root/target/release"
 pg_port=$(free_port 55532)
 admin=$("$root/scripts/pg.sh" start "$dev/pg-bench" "$pg_port" --fresh)
 psql "$admin" -qc "CREATE DATABASE billing" -c "CREATE DATABASE baseline"
+psql "postgres://postgres@127.0.0.1:$pg_port/billing" -qc "CREATE EXTENSION pg_stat_statements"
 db="postgres://postgres@127.0.0.1:$pg_port/billing"
 baseline_db="postgres://postgres@127.0.0.1:$pg_port/baseline"
 pgbench=$(ls -d /usr/lib/postgresql/*/bin/pgbench | sort -V | tail -n 1)
@@ -98,9 +99,10 @@ for accounts in "$uniform_accounts" 1; do
   done
 done
 
-psql "$db" -qAtc "SELECT calls, round(mean_exec_time::numeric, 3), left(regexp_replace(query, '\\s+', ' ', 'g'), 90)
+psql "$db" -qAtc "SELECT calls, round(total_exec_time::numeric), round(mean_exec_time::numeric, 3),
+                         left(regexp_replace(query, '\\s+', ' ', 'g'), 100)
                   FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'billing')
-                  ORDER BY total_exec_time DESC LIMIT 12" > "$out/top-statements.txt" || true
+                  ORDER BY total_exec_time DESC LIMIT 15" > "$out/top-statements.txt" || true
 psql "$db" -qAtc "SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = 'billing'" > "$out/transactions.txt" || true
 psql "$db" -qAtc "SELECT wal_records, wal_bytes, wal_write, wal_sync FROM pg_stat_wal" > "$out/wal.txt" || true
 psql "$db" -qAtc "SELECT count(*) FROM events" > "$out/events.txt" || true

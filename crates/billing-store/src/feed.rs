@@ -96,6 +96,34 @@ impl StoredEvent {
     }
 }
 
+/// The feed query, the one definition every reader uses: events after
+/// `after` in `(xid, position)` order, only from transactions below the
+/// snapshot's xmin (all finished), so nothing can later appear behind the
+/// cursor. `with_previous` adds the predecessor event's available credit.
+pub(crate) async fn feed_rows(
+    client: &impl tokio_postgres::GenericClient,
+    after: Cursor,
+    limit: i64,
+    with_previous: bool,
+) -> Result<Vec<Row>, StoreError> {
+    let previous = if with_previous {
+        ", (SELECT p.available_credit FROM events p
+            WHERE p.account_id = events.account_id AND p.version = events.version - 1)"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "SELECT {COLUMNS}{previous} FROM events
+         WHERE (xid, position) > ($1::text::xid8, $2)
+           AND xid < pg_snapshot_xmin(pg_current_snapshot())
+         ORDER BY xid, position
+         LIMIT $3"
+    );
+    Ok(client
+        .query(&sql, &[&after.xid.to_string(), &after.position, &limit])
+        .await?)
+}
+
 impl Store {
     /// Up to `limit` events after `after`, in feed order, from transactions
     /// that have all finished. Never skips an event: one in a transaction
@@ -106,16 +134,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let client = self.pool.get().await?;
-        let sql = format!(
-            "SELECT {COLUMNS} FROM events
-             WHERE (xid, position) > ($1::text::xid8, $2)
-               AND xid < pg_snapshot_xmin(pg_current_snapshot())
-             ORDER BY xid, position
-             LIMIT $3"
-        );
-        let rows = client
-            .query(&sql, &[&after.xid.to_string(), &after.position, &limit])
-            .await?;
+        let rows = feed_rows(&**client, after, limit, false).await?;
         rows.iter().map(StoredEvent::from_row).collect()
     }
 
@@ -137,19 +156,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<(StoredEvent, Option<i64>)>, StoreError> {
         let client = self.pool.get().await?;
-        let sql = format!(
-            "SELECT {COLUMNS},
-                    (SELECT p.available_credit FROM events p
-                     WHERE p.account_id = events.account_id AND p.version = events.version - 1)
-             FROM events
-             WHERE (xid, position) > ($1::text::xid8, $2)
-               AND xid < pg_snapshot_xmin(pg_current_snapshot())
-             ORDER BY xid, position
-             LIMIT $3"
-        );
-        let rows = client
-            .query(&sql, &[&after.xid.to_string(), &after.position, &limit])
-            .await?;
+        let rows = feed_rows(&**client, after, limit, true).await?;
         rows.iter()
             .map(|row| Ok((StoredEvent::from_row(row)?, row.get(20))))
             .collect()

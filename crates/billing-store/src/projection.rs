@@ -17,7 +17,7 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::feed::{COLUMNS, Cursor, StoredEvent};
+use crate::feed::{Cursor, StoredEvent};
 use crate::{Store, StoreError};
 
 /// The checkpoint the read-model projector keeps.
@@ -366,16 +366,7 @@ async fn read_feed_in(
     after: Cursor,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, StoreError> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM events
-         WHERE (xid, position) > ($1::text::xid8, $2)
-           AND xid < pg_snapshot_xmin(pg_current_snapshot())
-         ORDER BY xid, position
-         LIMIT $3"
-    );
-    let rows = tx
-        .query(&sql, &[&after.xid.to_string(), &after.position, &limit])
-        .await?;
+    let rows = crate::feed::feed_rows(&**tx, after, limit, false).await?;
     rows.iter().map(StoredEvent::from_row).collect()
 }
 

@@ -491,3 +491,79 @@ async fn the_feed_is_in_xid_order_across_a_digit_boundary() {
     }
     assert_eq!(versions, (1..=31).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn the_monthly_token_reset_is_due_on_the_first_and_recorded_once() {
+    use chrono::{TimeZone, Utc};
+    let db = TestDb::new().await;
+    let march = Utc.with_ymd_and_hms(2026, 3, 10, 12, 0, 0).unwrap();
+    let clock = std::sync::Arc::new(std::sync::Mutex::new(march));
+    let pinned = clock.clone();
+    let store = store(&db)
+        .await
+        .with_clock(std::sync::Arc::new(move || *pinned.lock().unwrap()));
+    let id = created(&store, PlanType::Free, 0).await;
+    let vn = Command::Debit(Debit {
+        service_type: ServiceType::CallVn,
+        usage: Usage::DurationMs(30 * 60_000),
+        reference_type: ReferenceType::Call,
+        reference_id: String::new(),
+    });
+    store
+        .execute(id, &meta(None, "debit", b""), &vn)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        store
+            .accounts_due_for_housekeeping(10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    *clock.lock().unwrap() = Utc.with_ymd_and_hms(2026, 4, 1, 0, 0, 1).unwrap();
+    // A read already shows the reset; the sweeper then records it, once.
+    assert_eq!(
+        store.account(id).await.unwrap().unwrap().balance_token,
+        Tokens(100)
+    );
+    assert_eq!(store.accounts_due_for_housekeeping(10).await.unwrap(), [id]);
+    for _ in 0..2 {
+        store
+            .execute(id, &meta(None, "housekeep", b""), &Command::Housekeep)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let types: Vec<String> = store
+        .account_events(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_type)
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "account_created",
+            "tokens_granted",
+            "debited",
+            "tokens_expired",
+            "tokens_granted"
+        ]
+    );
+    assert!(
+        store
+            .accounts_due_for_housekeeping(10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let account = store.account(id).await.unwrap().unwrap();
+    assert_eq!(account.balance_token, Tokens(100));
+    assert_eq!(
+        account.tm_next_topup,
+        Some(Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).unwrap())
+    );
+}

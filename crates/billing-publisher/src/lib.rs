@@ -109,13 +109,6 @@ pub async fn run(store: Store, config: PublisherConfig, mut shutdown: watch::Rec
     let wakeup = Arc::new(Notify::new());
     let listener = tokio::spawn(listen(store.clone(), wakeup.clone()));
     while !*shutdown.borrow() {
-        if let Err(error) = ensure_topics(&config).await {
-            tracing::warn!(%error, "publisher: topics not ready; retrying");
-            if wait(&mut shutdown, BACKOFF * 4).await {
-                break;
-            }
-            continue;
-        }
         let lease = match store.acquire_lease(CHECKPOINT).await {
             Ok(Some(lease)) => lease,
             Ok(None) => {
@@ -133,6 +126,15 @@ pub async fn run(store: Store, config: PublisherConfig, mut shutdown: watch::Rec
                 continue;
             }
         };
+        // Only the active publisher talks to the broker's admin API.
+        if let Err(error) = ensure_topics(&config).await {
+            tracing::warn!(%error, "publisher: topics not ready; retrying");
+            drop(lease);
+            if wait(&mut shutdown, BACKOFF * 4).await {
+                break;
+            }
+            continue;
+        }
         tracing::info!("publisher: active");
         publish_while_leased(&store, &config, &lease, &wakeup, &mut shutdown).await;
         tracing::info!("publisher: lease ended");

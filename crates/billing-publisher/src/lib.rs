@@ -65,6 +65,8 @@ impl PublisherConfig {
 
 /// How long to wait before trying again after a failure.
 const BACKOFF: Duration = Duration::from_millis(500);
+/// How long to wait after a notification, so a burst shares one batch.
+const COALESCE: Duration = Duration::from_millis(5);
 /// How often to look for events without a notification.
 const POLL: Duration = Duration::from_millis(500);
 
@@ -178,7 +180,10 @@ async fn publish_while_leased(
         let Some(last) = batch.last().map(|(e, _)| e.cursor) else {
             tokio::select! {
                 _ = shutdown.changed() => {}
-                () = wakeup.notified() => {}
+                () = wakeup.notified() => {
+                // Let a burst of commits land, so they share one batch.
+                tokio::time::sleep(COALESCE).await;
+            }
                 () = tokio::time::sleep(POLL) => {}
             }
             continue;

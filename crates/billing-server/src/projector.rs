@@ -10,6 +10,8 @@ use tokio::sync::{Notify, watch};
 
 /// Events per batch (one transaction).
 const BATCH: i64 = 500;
+/// How long to wait after a notification, so a burst shares one batch.
+const COALESCE: Duration = Duration::from_millis(5);
 /// How often to look for events without a notification.
 const POLL: Duration = Duration::from_millis(500);
 /// How often to log the lag.
@@ -46,7 +48,10 @@ pub async fn run(store: Store, mut shutdown: watch::Receiver<bool>) {
         }
         tokio::select! {
             _ = shutdown.changed() => break,
-            () = wakeup.notified() => {}
+            () = wakeup.notified() => {
+                // Let a burst of commits land, so they share one batch.
+                tokio::time::sleep(COALESCE).await;
+            }
             () = tokio::time::sleep(POLL) => {}
             _ = lag_report.tick() => report_lag(&store).await,
         }

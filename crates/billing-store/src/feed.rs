@@ -179,6 +179,9 @@ impl Store {
             driver.abort();
             return Ok(None);
         }
+        // Checkpoint moves need not wait for their fsync: one lost in a crash
+        // only means republishing from the one before (duplicates, never gaps).
+        client.batch_execute("SET synchronous_commit = off").await?;
         Ok(Some(Lease {
             client,
             name: name.to_owned(),

@@ -106,6 +106,11 @@ impl Store {
     ) -> Result<Option<BatchReport>, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        // The read models are a replayable function of the events: a batch
+        // lost in a crash is projected again, so it need not wait for its
+        // fsync. (Its writes and checkpoint still commit or vanish together.)
+        tx.batch_execute("SET LOCAL synchronous_commit = off")
+            .await?;
         let Some(row) = tx
             .query_opt(
                 "SELECT xid::text, position FROM feed_checkpoints WHERE name = $1 FOR UPDATE SKIP LOCKED",

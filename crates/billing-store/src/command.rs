@@ -102,28 +102,34 @@ impl Store {
             Err(rejection) => return Ok(Err(rejection)),
         };
         let state = serde_json::to_value(&executed.account)?;
-        tx.execute(
-            "INSERT INTO accounts (account_id, customer_id, version, state, next_topup, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $6)",
-            &[
-                &id,
-                &executed.account.customer_id,
-                &executed.account.version,
-                &state,
-                &executed.account.tm_next_topup,
-                &now,
-            ],
-        )
-        .await?;
-        append_events(&tx, id, meta, now, &executed).await?;
-        save_idempotency(
-            &tx,
-            meta.idempotency.as_ref(),
-            Some(id),
-            &executed.outcome,
-            now,
-        )
-        .await?;
+        // Pipelined: one round trip for the three writes.
+        tokio::try_join!(
+            async {
+                let sql = tx
+                    .prepare_cached(
+                        "INSERT INTO accounts (account_id, customer_id, version, state, next_topup, created_at, updated_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $6)",
+                    )
+                    .await?;
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+                    &id,
+                    &executed.account.customer_id,
+                    &executed.account.version,
+                    &state,
+                    &executed.account.tm_next_topup,
+                    &now,
+                ];
+                Ok::<_, StoreError>(tx.execute(&sql, &params).await?)
+            },
+            append_events(&tx, id, meta, now, &executed),
+            save_idempotency(
+                &tx,
+                meta.idempotency.as_ref(),
+                Some(id),
+                &executed.outcome,
+                now
+            ),
+        )?;
         tx.commit().await?;
         Ok(Ok(executed.outcome))
     }
@@ -194,10 +200,21 @@ impl Store {
             Ok(executed) => executed,
             Err(rejection) => return Ok(Err(rejection)),
         };
-        if !executed.events.is_empty() {
+        // The writes are pipelined (one round trip while the lock is held);
+        // their order does not matter, they all come after the reads.
+        let idempotency = save_idempotency(
+            &tx,
+            meta.idempotency.as_ref(),
+            Some(account_id),
+            &executed.outcome,
+            now,
+        );
+        if executed.events.is_empty() {
+            idempotency.await?;
+        } else {
             let state = serde_json::to_value(&executed.account)?;
             let reservations = reservation_rows(&account, &executed)?;
-            let (updated, (), ()) = tokio::try_join!(
+            let (updated, (), (), ()) = tokio::try_join!(
                 async {
                     let sql = tx
                         .prepare_cached(
@@ -218,19 +235,12 @@ impl Store {
                 },
                 append_events(&tx, account_id, meta, now, &executed),
                 write_reservations(&tx, account_id, now, &reservations),
+                idempotency,
             )?;
             if updated != 1 {
                 return Err(StoreError::Conflict);
             }
         }
-        save_idempotency(
-            &tx,
-            meta.idempotency.as_ref(),
-            Some(account_id),
-            &executed.outcome,
-            now,
-        )
-        .await?;
         tx.commit().await?;
         Ok(Ok(executed.outcome))
     }

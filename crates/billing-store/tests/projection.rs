@@ -1,11 +1,14 @@
 //! The projection into read models, against a real PostgreSQL.
 
+mod support;
+
 use std::collections::BTreeMap;
 
 use billing_domain::*;
 use billing_store::{Actor, READ_MODELS, RequestMeta, Store};
 use billing_testkit::TestDb;
 use proptest::prelude::*;
+use support::{add, insert_raw_event, new_account};
 use uuid::Uuid;
 
 fn meta() -> RequestMeta {
@@ -21,35 +24,12 @@ fn meta() -> RequestMeta {
 
 async fn account(store: &Store, plan: PlanType) -> Uuid {
     let id = Uuid::new_v4();
-    let cmd = CreateAccount {
-        customer_id: Uuid::new_v4(),
-        name: String::new(),
-        detail: String::new(),
-        plan_type: plan,
-        currency: Currency::usd(),
-        credit_limit: Micros::ZERO,
-        credit_limit_type: CreditLimitType::Hard,
-        is_postpaid: false,
-        low_balance_threshold: Micros::ZERO,
-        payment_type: String::new(),
-        payment_method: String::new(),
-    };
     store
-        .create_account(id, &meta(), &cmd)
+        .create_account(id, &meta(), &new_account(plan))
         .await
         .unwrap()
         .unwrap();
     id
-}
-
-fn add(credit: i64) -> Command {
-    Command::AddBalance(BalanceChange {
-        amount_credit: Micros(credit),
-        amount_token: Tokens(0),
-        reference_type: ReferenceType::Payment,
-        reference_id: String::new(),
-        note: String::new(),
-    })
 }
 
 /// Projects until the feed is drained (waiting out other tests' transactions,
@@ -232,16 +212,8 @@ async fn the_projector_never_skips_an_event_of_a_slow_open_transaction() {
         )
         .await
         .unwrap();
-    slow_tx
-        .execute(
-            "INSERT INTO events (event_id, account_id, version, event_type, schema_version, occurred_at,
-                                 actor_principal, actor_role, payload, balance_credit, balance_token,
-                                 reserved_credit, reserved_token, available_credit, available_token)
-             SELECT $1, $2, 2, 'balance_added', 1, now(), 'slow', 'test',
-                    '{\"type\":\"balance_added\",\"amount_credit\":7,\"amount_token\":0,\"reference_type\":\"payment\",\"reference_id\":\"\",\"note\":\"\"}',
-                    7, 0, 0, 0, 7, 0",
-            &[&Uuid::new_v4(), &slow_account],
-        )
+    let payload = r#"{"type":"balance_added","amount_credit":7,"amount_token":0,"reference_type":"payment","reference_id":"","note":""}"#;
+    insert_raw_event(&slow_tx, slow_account, 2, "balance_added", payload, 7)
         .await
         .unwrap();
     store
@@ -297,15 +269,8 @@ async fn an_event_ahead_of_its_predecessor_stops_the_projector_instead_of_being_
     let store = Store::connect(&db.url, 4, RateTable::default()).unwrap();
     let id = account(&store, PlanType::Unlimited).await;
     catch_up(&store).await;
-    db.client()
-        .await
-        .execute(
-            "INSERT INTO events (event_id, account_id, version, event_type, schema_version, occurred_at,
-                                 actor_principal, actor_role, payload, balance_credit, balance_token,
-                                 reserved_credit, reserved_token, available_credit, available_token)
-             VALUES ($1, $2, 3, 'account_updated', 1, now(), 'x', 'x', '{\"type\":\"account_updated\"}', 0, 0, 0, 0, 0, 0)",
-            &[&Uuid::new_v4(), &id],
-        )
+    let payload = r#"{"type":"account_updated"}"#;
+    insert_raw_event(&db.client().await, id, 3, "account_updated", payload, 0)
         .await
         .unwrap();
     let mut gap = None;

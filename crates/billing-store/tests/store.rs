@@ -1,10 +1,13 @@
 //! The event store against a real PostgreSQL: a fresh database per test.
 
+mod support;
+
 use std::sync::Arc;
 
 use billing_domain::*;
 use billing_store::{Actor, Cursor, Idempotency, RequestMeta, Store, StoreError};
 use billing_testkit::TestDb;
+use support::{add, insert_raw_event, new_account};
 use uuid::Uuid;
 
 async fn store(db: &TestDb) -> Store {
@@ -24,32 +27,6 @@ fn meta(key: Option<&str>, operation: &'static str, hash: &[u8]) -> RequestMeta 
         }),
         trace_id: Some("trace-1".into()),
     }
-}
-
-fn new_account(plan: PlanType) -> CreateAccount {
-    CreateAccount {
-        customer_id: Uuid::new_v4(),
-        name: "Primary Account".into(),
-        detail: String::new(),
-        plan_type: plan,
-        currency: Currency::usd(),
-        credit_limit: Micros::ZERO,
-        credit_limit_type: CreditLimitType::Hard,
-        is_postpaid: false,
-        low_balance_threshold: Micros::ZERO,
-        payment_type: String::new(),
-        payment_method: String::new(),
-    }
-}
-
-fn add(credit: i64) -> Command {
-    Command::AddBalance(BalanceChange {
-        amount_credit: Micros(credit),
-        amount_token: Tokens(0),
-        reference_type: ReferenceType::Payment,
-        reference_id: String::new(),
-        note: String::new(),
-    })
 }
 
 async fn created(store: &Store, plan: PlanType, credit: i64) -> Uuid {
@@ -159,14 +136,7 @@ async fn the_database_refuses_a_second_event_at_the_same_version() {
     let store = store(&db).await;
     let id = created(&store, PlanType::Free, 0).await;
     let client = db.client().await;
-    let err = client
-        .execute(
-            "INSERT INTO events (event_id, account_id, version, event_type, schema_version, occurred_at,
-                                 actor_principal, actor_role, payload, balance_credit, balance_token,
-                                 reserved_credit, reserved_token, available_credit, available_token)
-             VALUES ($1, $2, 2, 'balance_added', 1, now(), 'x', 'x', '{}', 0, 0, 0, 0, 0, 0)",
-            &[&Uuid::new_v4(), &id],
-        )
+    let err = insert_raw_event(&client, id, 2, "balance_added", "{}", 0)
         .await
         .unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("23505"), "{err}");
@@ -324,15 +294,8 @@ async fn the_feed_never_skips_an_event_of_a_slow_open_transaction() {
     // A slow writer takes its position first and commits last.
     let mut slow = db.client().await;
     let slow_tx = slow.transaction().await.unwrap();
-    slow_tx
-        .execute(
-            "INSERT INTO events (event_id, account_id, version, event_type, schema_version, occurred_at,
-                                 actor_principal, actor_role, payload, balance_credit, balance_token,
-                                 reserved_credit, reserved_token, available_credit, available_token)
-             VALUES ($1, $2, 2, 'account_updated', 1, now(), 'slow', 'test', '{\"type\":\"account_updated\"}',
-                     0, 0, 0, 0, 0, 0)",
-            &[&Uuid::new_v4(), &a],
-        )
+    let payload = r#"{"type":"account_updated"}"#;
+    insert_raw_event(&slow_tx, a, 2, "account_updated", payload, 0)
         .await
         .unwrap();
     // A fast writer commits meanwhile: a reader following `position` alone

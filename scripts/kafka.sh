@@ -11,16 +11,19 @@ set -euo pipefail
 
 version=0.8.1
 cache=${BILLING_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/billing}
-root="$cache/nisshi-$version"
+# Only the storage engines we use: memory (always there) and PostgreSQL.
+features=postgres
+root="$cache/nisshi-$version-$features"
 bin="$root/bin/nisshi"
 
 die() { echo "kafka.sh: $*" >&2; exit 1; }
 
 ensure_bin() {
   [ -x "$bin" ] && return
-  echo "kafka.sh: building nisshi $version into $root (once; about 13 minutes on 2 cores)..." >&2
+  echo "kafka.sh: building nisshi $version ($features) into $root (once)..." >&2
   # nisshi's rama dependency declares a newer rust-version than it needs.
-  cargo install "nisshi@$version" --locked --ignore-rust-version --root "$root" >&2 \
+  cargo install "nisshi@$version" --locked --ignore-rust-version \
+    --no-default-features --features "$features" --root "$root" >&2 \
     || die "cannot build nisshi"
 }
 

@@ -1,11 +1,12 @@
 //! The PostgreSQL event store and the command path. Only this crate contains
 //! SQL.
 //!
-//! - [`Store::create_account`] and [`Store::execute`] run the command path:
-//!   lock the account, check the idempotency record, decide with the pure
-//!   domain, then append the events, update the account's state and
-//!   reservation rows, and store the idempotency record, all in one
-//!   transaction.
+//! - [`Store::create_account`] and [`Store::execute`] run the command path
+//!   with group commit: commands queue on their account's writer, which
+//!   locks a whole batch's accounts, checks idempotency records, decides
+//!   each command in order with the pure domain, then appends the events,
+//!   updates the accounts' state and reservation rows, and stores the
+//!   idempotency records, all in one transaction.
 //! - [`Store::account`] reads one account's current state, strongly
 //!   consistent.
 //! - [`Store::read_feed`] follows the global event feed with the
@@ -17,14 +18,17 @@
 
 #![forbid(unsafe_code)]
 
+mod batch;
 mod command;
 mod error;
 mod feed;
 mod migrate;
 mod projection;
 mod read;
+mod sql;
+mod writer;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use billing_domain::RateTable;
 use chrono::{DateTime, Utc};
@@ -76,6 +80,16 @@ pub struct RequestMeta {
 /// The time source; tests may pin it.
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
+/// Group-commit writers a store starts unless told otherwise: enough that
+/// one batch is decided while another waits for its fsync.
+pub const DEFAULT_WRITERS: usize = 4;
+
+/// `clock`'s time to the microsecond.
+fn micros(clock: &Clock) -> DateTime<Utc> {
+    let now = clock();
+    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+}
+
 /// The PostgreSQL store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -87,6 +101,13 @@ pub struct Store {
     rates: Arc<RateTable>,
     /// Where "now" comes from.
     clock: Clock,
+    /// How many group-commit writers to start.
+    writer_count: usize,
+    /// The group-commit writers, started on first use (on the runtime of
+    /// that use) and stopped when the last clone of the store is dropped.
+    writers: Arc<OnceLock<writer::Writers>>,
+    /// Which account holds each reservation id, for routing.
+    routes: Arc<writer::Routes>,
 }
 
 impl std::fmt::Debug for Store {
@@ -127,13 +148,39 @@ impl Store {
             config,
             rates: Arc::new(rates),
             clock: Arc::new(Utc::now),
+            writer_count: DEFAULT_WRITERS,
+            writers: Arc::default(),
+            routes: Arc::default(),
         })
     }
 
-    /// The same store with another clock.
+    /// The same store with another clock (and writers of its own).
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
+        self.writers = Arc::default();
         self
+    }
+
+    /// The same store with `count` group-commit writers (and writers of its
+    /// own). Each has one database connection of its own, besides the pool.
+    pub fn with_writers(mut self, count: usize) -> Self {
+        self.writer_count = count.max(1);
+        self.writers = Arc::default();
+        self
+    }
+
+    fn writers(&self) -> &writer::Writers {
+        self.writers.get_or_init(|| {
+            writer::Writers::start(
+                self.writer_count,
+                Arc::new(writer::Shared {
+                    config: self.config.clone(),
+                    rates: self.rates.clone(),
+                    clock: self.clock.clone(),
+                    routes: self.routes.clone(),
+                }),
+            )
+        })
     }
 
     pub fn rates(&self) -> &RateTable {
@@ -143,8 +190,7 @@ impl Store {
     /// The clock's time, to the microsecond: what PostgreSQL keeps, so a
     /// state folded from stored events equals the stored state.
     pub fn now(&self) -> DateTime<Utc> {
-        let now = (self.clock)();
-        DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+        micros(&self.clock)
     }
 
     /// Applies pending migrations.

@@ -22,6 +22,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0003_event_account_after",
         include_str!("../../../migrations/0003_event_account_after.sql"),
     ),
+    (
+        4,
+        "0004_group_commit",
+        include_str!("../../../migrations/0004_group_commit.sql"),
+    ),
 ];
 
 /// Serializes concurrent migrators (several replicas starting at once).

@@ -1,0 +1,406 @@
+//! One group-commit batch, decided: what each command answers and what the
+//! batch writes. No I/O here; `writer.rs` loads the inputs, runs this, and
+//! writes the result in one transaction.
+//!
+//! Commands are decided in arrival order with the pure domain, each against
+//! the account as the commands before it in the batch left it. Within a
+//! batch, a second use of an idempotency key replays the first's answer, and
+//! a reservation resolved earlier in the batch is seen as resolved.
+
+use std::collections::{BTreeMap, HashMap};
+
+use billing_domain::{
+    Account, AccountView, Balances, Command, CommitOutcome, Context, CreateAccount, Event,
+    Executed, Hold, Outcome, RateTable, Rejection, ReservationStatus, ResolvedReservation,
+};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::{Idempotency, RequestMeta, StoreError};
+
+/// A command's answer: the outcome to reply with, or why it was refused.
+pub type Answer = Result<Outcome, Rejection>;
+
+/// What a command asks of the writer.
+#[derive(Clone, Debug)]
+pub(crate) enum Work {
+    Create { id: Uuid, cmd: CreateAccount },
+    Execute { account_id: Uuid, cmd: Command },
+}
+
+impl Work {
+    /// The existing account the command runs on (creations have none).
+    pub(crate) fn account_id(&self) -> Option<Uuid> {
+        match self {
+            Self::Create { .. } => None,
+            Self::Execute { account_id, .. } => Some(*account_id),
+        }
+    }
+
+    pub(crate) fn reservation_id(&self) -> Option<&str> {
+        match self {
+            Self::Create { .. } => None,
+            Self::Execute { cmd, .. } => cmd.reservation_id(),
+        }
+    }
+}
+
+/// An idempotency record as stored.
+#[derive(Clone, Debug)]
+pub(crate) struct StoredKey {
+    pub operation: String,
+    pub request_hash: Vec<u8>,
+    pub outcome: Outcome,
+}
+
+/// The loaded inputs of a batch.
+#[derive(Debug, Default)]
+pub(crate) struct Loaded {
+    /// Every account the batch's commands name, as it stands under the lock
+    /// (`None`: no such account).
+    pub accounts: HashMap<Uuid, Option<Account>>,
+    /// Stored idempotency records of the batch's keys.
+    pub keys: HashMap<String, StoredKey>,
+    /// Stored reservations the batch's commands name (any status).
+    pub reservations: HashMap<String, ResolvedReservation>,
+}
+
+/// An event row to append.
+#[derive(Debug)]
+pub(crate) struct EventRow {
+    pub account_id: Uuid,
+    pub version: i64,
+    pub event: Event,
+    pub balances: Balances,
+    pub account_after: AccountView,
+    pub occurred_at: DateTime<Utc>,
+    pub principal: String,
+    pub role: String,
+    pub idempotency_key: Option<String>,
+    pub trace_id: Option<String>,
+}
+
+/// A reservation row as the batch leaves it.
+#[derive(Debug)]
+pub(crate) struct ReservationRow {
+    /// Created in this batch: inserted, so that an id another account already
+    /// uses is a unique violation rather than a silent overwrite.
+    pub new: bool,
+    pub account_id: Uuid,
+    pub status: ReservationStatus,
+    pub hold: Hold,
+    pub commit_outcome: Option<CommitOutcome>,
+    pub resolved_version: Option<i64>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// An idempotency record to store.
+#[derive(Debug)]
+pub(crate) struct KeyRow {
+    pub key: String,
+    pub operation: &'static str,
+    pub request_hash: Vec<u8>,
+    pub account_id: Uuid,
+    pub outcome: Outcome,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An account row to write: inserted (created in this batch) or updated
+/// from `expected_version`.
+#[derive(Debug)]
+pub(crate) struct AccountRow {
+    pub account: Account,
+    pub expected_version: Option<i64>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Everything a batch writes, in one transaction.
+#[derive(Debug, Default)]
+pub(crate) struct Writes {
+    pub accounts: Vec<AccountRow>,
+    pub events: Vec<EventRow>,
+    pub reservations: Vec<ReservationRow>,
+    pub keys: Vec<KeyRow>,
+}
+
+/// A decided batch: an answer per command (in order), the writes, and the
+/// accounts as the batch leaves them (for the writer's cache).
+#[derive(Debug)]
+pub(crate) struct Decided {
+    pub answers: Vec<Result<Answer, StoreError>>,
+    pub writes: Writes,
+    pub accounts: HashMap<Uuid, Account>,
+    /// Reservations created by the batch, for routing later commands.
+    pub new_reservations: Vec<(String, Uuid)>,
+}
+
+/// Decides `jobs` in order against `loaded` at time `now`.
+pub(crate) fn decide<'a>(
+    jobs: impl IntoIterator<Item = (&'a Work, &'a RequestMeta)>,
+    mut loaded: Loaded,
+    now: DateTime<Utc>,
+    rates: &RateTable,
+) -> Decided {
+    let initial: HashMap<Uuid, i64> = loaded
+        .accounts
+        .iter()
+        .filter_map(|(id, a)| a.as_ref().map(|a| (*id, a.version)))
+        .collect();
+    let mut batch = Batch {
+        loaded: &mut loaded,
+        rates,
+        now,
+        overlay: HashMap::new(),
+        reservations: BTreeMap::new(),
+        dirty: BTreeMap::new(),
+        created: Vec::new(),
+        events: Vec::new(),
+        keys: Vec::new(),
+    };
+    let answers = jobs
+        .into_iter()
+        .map(|(work, meta)| batch.run(work, meta))
+        .collect();
+    let Batch {
+        reservations,
+        dirty,
+        created,
+        events,
+        keys,
+        ..
+    } = batch;
+    let accounts: HashMap<Uuid, Account> = loaded
+        .accounts
+        .into_iter()
+        .filter_map(|(id, a)| a.map(|a| (id, a)))
+        .collect();
+    let mut rows = Vec::with_capacity(dirty.len() + created.len());
+    for id in created {
+        if let Some(account) = accounts.get(&id) {
+            rows.push(AccountRow {
+                account: account.clone(),
+                expected_version: None,
+                updated_at: dirty.get(&id).copied().unwrap_or(now),
+            });
+        }
+    }
+    for (id, updated_at) in &dirty {
+        if let (Some(account), Some(expected)) = (accounts.get(id), initial.get(id)) {
+            rows.push(AccountRow {
+                account: account.clone(),
+                expected_version: Some(*expected),
+                updated_at: *updated_at,
+            });
+        }
+    }
+    let new_reservations = reservations
+        .iter()
+        .filter(|(_, r)| r.new)
+        .map(|(id, r)| (id.clone(), r.account_id))
+        .collect();
+    Decided {
+        answers,
+        writes: Writes {
+            accounts: rows,
+            events,
+            reservations: reservations.into_values().collect(),
+            keys,
+        },
+        accounts,
+        new_reservations,
+    }
+}
+
+struct Batch<'a> {
+    loaded: &'a mut Loaded,
+    rates: &'a RateTable,
+    now: DateTime<Utc>,
+    /// Reservations as earlier commands of this batch left them; they take
+    /// precedence over the stored rows.
+    overlay: HashMap<String, ResolvedReservation>,
+    /// Reservation rows to write, by id.
+    reservations: BTreeMap<String, ReservationRow>,
+    /// Accounts changed by the batch (not created by it), with the time of
+    /// their last change.
+    dirty: BTreeMap<Uuid, DateTime<Utc>>,
+    /// Accounts created by the batch, in order.
+    created: Vec<Uuid>,
+    events: Vec<EventRow>,
+    keys: Vec<KeyRow>,
+}
+
+impl Batch<'_> {
+    fn run(&mut self, work: &Work, meta: &RequestMeta) -> Result<Answer, StoreError> {
+        if let Some(replayed) = meta.idempotency.as_ref().and_then(|i| self.replay(i)) {
+            return Ok(replayed);
+        }
+        let (account_id, executed, now, before) = match work {
+            Work::Create { id, cmd } => {
+                if self.loaded.accounts.contains_key(id) {
+                    return Err(StoreError::Conflict);
+                }
+                let executed = match billing_domain::create(*id, cmd, self.now) {
+                    Ok(executed) => executed,
+                    Err(rejection) => return Ok(Err(rejection)),
+                };
+                self.created.push(*id);
+                (*id, executed, self.now, None)
+            }
+            Work::Execute { account_id, cmd } => {
+                let Some(Some(account)) = self.loaded.accounts.get(account_id) else {
+                    return Ok(Err(Rejection::AccountNotFound));
+                };
+                // A live hold of this account is in its holds; anything else
+                // under the id (resolved, or another account's) is context.
+                let resolved = cmd
+                    .reservation_id()
+                    .and_then(|r| {
+                        self.overlay
+                            .get(r)
+                            .or_else(|| self.loaded.reservations.get(r))
+                    })
+                    .filter(|r| {
+                        !(r.status == ReservationStatus::Active && r.hold.account_id == *account_id)
+                    });
+                // Time never runs backwards within one account's stream.
+                let now = self.now.max(account.tm_update);
+                let ctx = Context {
+                    now,
+                    rates: self.rates,
+                    resolved,
+                };
+                let executed = match billing_domain::execute(account, cmd, &ctx) {
+                    Ok(executed) => executed,
+                    Err(rejection) => return Ok(Err(rejection)),
+                };
+                if !executed.events.is_empty() {
+                    self.dirty.insert(*account_id, now);
+                }
+                (*account_id, executed, now, Some(account))
+            }
+        };
+        let rows = match before {
+            Some(before) => reservation_rows(before, &executed, now)?,
+            None => Vec::new(),
+        };
+        let Executed {
+            events,
+            account,
+            outcome,
+        } = executed;
+        for row in rows {
+            self.record_reservation(row);
+        }
+        self.events.extend(events.into_iter().map(|r| EventRow {
+            account_id,
+            version: r.version,
+            event: r.event,
+            balances: r.balances,
+            account_after: r.account,
+            occurred_at: now,
+            principal: meta.actor.principal.clone(),
+            role: meta.actor.role.clone(),
+            idempotency_key: meta.idempotency.as_ref().map(|i| i.key.clone()),
+            trace_id: meta.trace_id.clone(),
+        }));
+        self.loaded.accounts.insert(account_id, Some(account));
+        if let Some(idempotency) = &meta.idempotency {
+            self.loaded.keys.insert(
+                idempotency.key.clone(),
+                StoredKey {
+                    operation: idempotency.operation.to_owned(),
+                    request_hash: idempotency.request_hash.clone(),
+                    outcome: outcome.clone(),
+                },
+            );
+            self.keys.push(KeyRow {
+                key: idempotency.key.clone(),
+                operation: idempotency.operation,
+                request_hash: idempotency.request_hash.clone(),
+                account_id,
+                outcome: outcome.clone(),
+                created_at: now,
+            });
+        }
+        Ok(Ok(outcome))
+    }
+
+    /// The answer stored (or decided earlier in this batch) under the key:
+    /// the first outcome for the same request, a refusal for another.
+    fn replay(&self, idempotency: &Idempotency) -> Option<Answer> {
+        let stored = self.loaded.keys.get(&idempotency.key)?;
+        if stored.operation != idempotency.operation
+            || stored.request_hash != idempotency.request_hash
+        {
+            return Some(Err(Rejection::IdempotencyKeyReused));
+        }
+        Some(Ok(stored.outcome.clone()))
+    }
+
+    fn record_reservation(&mut self, row: ReservationRow) {
+        let id = row.hold.reservation_id.clone();
+        self.overlay.insert(
+            id.clone(),
+            ResolvedReservation {
+                hold: row.hold.clone(),
+                status: row.status,
+                commit: row.commit_outcome.clone(),
+                account_version: row.resolved_version.unwrap_or(0),
+            },
+        );
+        let new = row.new || self.reservations.get(&id).is_some_and(|r| r.new);
+        self.reservations.insert(id, ReservationRow { new, ..row });
+    }
+}
+
+/// The reservation rows `executed` touches, last event winning.
+fn reservation_rows(
+    before: &Account,
+    executed: &Executed,
+    now: DateTime<Utc>,
+) -> Result<Vec<ReservationRow>, StoreError> {
+    let mut rows: BTreeMap<&str, ReservationRow> = BTreeMap::new();
+    for recorded in &executed.events {
+        let Some(id) = recorded.event.reservation_id() else {
+            continue;
+        };
+        let status = match recorded.event {
+            Event::Committed(_) => ReservationStatus::Committed,
+            Event::Released(_) => ReservationStatus::Released,
+            Event::ReservationExpired(_) => ReservationStatus::Expired,
+            _ => ReservationStatus::Active,
+        };
+        let Some(hold) = executed
+            .account
+            .holds
+            .get(id)
+            .or_else(|| before.holds.get(id))
+        else {
+            return Err(StoreError::Corrupt(format!(
+                "no hold for reservation `{id}`"
+            )));
+        };
+        let commit_outcome = match &executed.outcome {
+            Outcome::Commit(c)
+                if status == ReservationStatus::Committed && c.reservation_id == id =>
+            {
+                Some(c.clone())
+            }
+            _ => None,
+        };
+        let new = matches!(recorded.event, Event::Reserved(_));
+        rows.insert(
+            id,
+            ReservationRow {
+                new,
+                account_id: before.id,
+                status,
+                hold: hold.clone(),
+                commit_outcome,
+                resolved_version: (status != ReservationStatus::Active).then_some(recorded.version),
+                updated_at: now,
+            },
+        );
+    }
+    Ok(rows.into_values().collect())
+}

@@ -404,3 +404,166 @@ fn reservation_rows(
     }
     Ok(rows.into_values().collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use billing_domain::{
+        AccountStatus, Commit, CreditLimitType, Currency, Micros, PlanType, Reserve, ServiceType,
+    };
+
+    use super::*;
+    use crate::Actor;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_790_000_000, 0).unwrap_or_default()
+    }
+
+    fn account(credit: i64) -> Account {
+        let cmd = CreateAccount {
+            customer_id: Uuid::new_v4(),
+            name: "a".into(),
+            detail: String::new(),
+            plan_type: PlanType::Free,
+            currency: Currency::usd(),
+            credit_limit: Micros::ZERO,
+            credit_limit_type: CreditLimitType::Hard,
+            is_postpaid: false,
+            low_balance_threshold: Micros::ZERO,
+            payment_type: String::new(),
+            payment_method: String::new(),
+        };
+        let mut account = billing_domain::create(Uuid::new_v4(), &cmd, now())
+            .map(|e| e.account)
+            .unwrap_or_else(|r| panic!("{r}"));
+        account.balance_credit = Micros(credit);
+        assert_eq!(account.status, AccountStatus::Active);
+        account
+    }
+
+    fn meta() -> RequestMeta {
+        RequestMeta {
+            actor: Actor::system(),
+            idempotency: None,
+            trace_id: None,
+        }
+    }
+
+    fn reserve(account_id: Uuid, id: &str) -> Work {
+        Work::Execute {
+            account_id,
+            cmd: Command::Reserve(Reserve {
+                reservation_id: id.into(),
+                service_type: ServiceType::CallPstnOutgoing,
+                requested_units: 2,
+                allow_partial: false,
+                ttl_seconds: 600,
+            }),
+        }
+    }
+
+    fn commit(account_id: Uuid, id: &str, seconds: i64) -> Work {
+        Work::Execute {
+            account_id,
+            cmd: Command::Commit(Commit {
+                reservation_id: id.into(),
+                used_duration_ms: seconds * 1_000,
+                used_quantity: 0,
+            }),
+        }
+    }
+
+    fn run(accounts: &[&Account], jobs: &[Work]) -> Decided {
+        let loaded = Loaded {
+            accounts: accounts
+                .iter()
+                .map(|a| (a.id, Some((*a).clone())))
+                .collect(),
+            ..Loaded::default()
+        };
+        let meta = meta();
+        decide(
+            jobs.iter().map(|w| (w, &meta)),
+            loaded,
+            now(),
+            &RateTable::default(),
+        )
+    }
+
+    fn answer(decided: &Decided, n: usize) -> &Answer {
+        decided.answers[n]
+            .as_ref()
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_reservation_committed_earlier_in_the_batch_replays_its_first_commit() {
+        let a = account(100_000);
+        let decided = run(
+            &[&a],
+            &[
+                reserve(a.id, "r"),
+                commit(a.id, "r", 61),
+                commit(a.id, "r", 5),
+            ],
+        );
+        let (Ok(Outcome::Commit(first)), Ok(Outcome::Commit(again))) =
+            (answer(&decided, 1), answer(&decided, 2))
+        else {
+            panic!("{:?}", decided.answers);
+        };
+        assert_eq!(first, again, "the second commit gets the first result");
+        assert_eq!(first.charged_credit, Micros(20_000));
+        let committed = decided
+            .writes
+            .events
+            .iter()
+            .filter(|e| matches!(e.event, Event::Committed(_)))
+            .count();
+        assert_eq!(committed, 1, "charged once");
+        let [row] = decided.writes.reservations.as_slice() else {
+            panic!("{:?}", decided.writes.reservations);
+        };
+        assert!(row.new, "made in this batch: inserted");
+        assert_eq!(row.status, ReservationStatus::Committed);
+        assert_eq!(decided.accounts[&a.id].balance_credit, Micros(80_000));
+    }
+
+    #[test]
+    fn a_reservation_id_taken_earlier_in_the_batch_by_another_account_is_refused() {
+        let (a, b) = (account(100_000), account(100_000));
+        let decided = run(&[&a, &b], &[reserve(a.id, "r"), reserve(b.id, "r")]);
+        assert!(matches!(answer(&decided, 0), Ok(Outcome::Reservation(_))));
+        assert_eq!(answer(&decided, 1), &Err(Rejection::ReservationIdReused));
+        assert_eq!(decided.writes.events.len(), 1);
+        assert_eq!(decided.writes.accounts.len(), 1, "b is not written");
+    }
+
+    #[test]
+    fn each_command_sees_the_account_as_the_ones_before_it_left_it() {
+        let a = account(30_000);
+        // Three 2-minute holds of 20,000 micros: only the first fits.
+        let decided = run(
+            &[&a],
+            &[
+                reserve(a.id, "r1"),
+                reserve(a.id, "r2"),
+                reserve(a.id, "r1"),
+            ],
+        );
+        assert!(matches!(answer(&decided, 0), Ok(Outcome::Reservation(_))));
+        assert!(matches!(
+            answer(&decided, 1),
+            Err(Rejection::InsufficientBalance { .. })
+        ));
+        assert_eq!(
+            answer(&decided, 2),
+            answer(&decided, 0),
+            "a retried reserve returns the hold it made"
+        );
+        let [row] = decided.writes.accounts.as_slice() else {
+            panic!("one account row");
+        };
+        assert_eq!(row.expected_version, Some(a.version));
+        assert_eq!(row.account.version, a.version + 1);
+    }
+}

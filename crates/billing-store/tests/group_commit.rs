@@ -1,0 +1,288 @@
+//! Group commit against a real PostgreSQL: many commands share one
+//! transaction, and none of them can tell, whatever the batch holds.
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use billing_domain::*;
+use billing_store::{Actor, Answer, Cursor, Idempotency, RequestMeta, Store, StoreError};
+use billing_testkit::TestDb;
+use support::{add, new_account};
+use uuid::Uuid;
+
+fn meta(key: Option<&str>, hash: &[u8]) -> RequestMeta {
+    RequestMeta {
+        actor: Actor {
+            principal: "tester".into(),
+            role: "service".into(),
+        },
+        idempotency: key.map(|k| Idempotency {
+            key: k.into(),
+            operation: "op",
+            request_hash: hash.to_vec(),
+        }),
+        trace_id: None,
+    }
+}
+
+fn sms(reference_id: &str) -> Command {
+    Command::Debit(Debit {
+        service_type: ServiceType::Sms,
+        usage: Usage::Quantity(1),
+        reference_type: ReferenceType::Sms,
+        reference_id: reference_id.into(),
+    })
+}
+
+/// One writer, so that every command on the store queues in one place.
+fn one_writer(db: &TestDb) -> Store {
+    Store::connect(&db.url, 8, RateTable::default())
+        .unwrap()
+        .with_writers(1)
+}
+
+async fn account_with(store: &Store, credit: i64) -> Uuid {
+    let id = Uuid::new_v4();
+    store
+        .create_account(id, &meta(None, b""), &new_account(PlanType::Free))
+        .await
+        .unwrap()
+        .unwrap();
+    if credit > 0 {
+        store
+            .execute(id, &meta(None, b""), &add(credit))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    id
+}
+
+/// Runs `commands` on `id` all at once, each answer in the input's order.
+async fn all_at_once(
+    store: &Store,
+    id: Uuid,
+    commands: Vec<(RequestMeta, Command)>,
+) -> Vec<Result<Answer, StoreError>> {
+    let tasks = commands.into_iter().map(|(meta, cmd)| {
+        let store = store.clone();
+        tokio::spawn(async move { store.execute(id, &meta, &cmd).await })
+    });
+    futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|t| t.unwrap())
+        .collect()
+}
+
+/// (event type, transaction id) of each of the account's events, in order.
+async fn events_with_xid(db: &TestDb, id: Uuid) -> Vec<(String, String)> {
+    db.client()
+        .await
+        .query(
+            "SELECT event_type, xid::text FROM events WHERE account_id = $1 ORDER BY version",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// Asserts that some transaction carried several of the `kind` events:
+/// the commands really were batched, so the test tested batches.
+fn assert_batched(events: &[(String, String)], kind: &str) {
+    let of_kind: Vec<_> = events.iter().filter(|(t, _)| t == kind).collect();
+    let xids: BTreeSet<_> = of_kind.iter().map(|(_, x)| x).collect();
+    assert!(
+        xids.len() < of_kind.len(),
+        "{} `{kind}` events in {} transactions: nothing was batched",
+        of_kind.len(),
+        xids.len()
+    );
+}
+
+#[tokio::test]
+async fn a_batch_mixing_accepted_and_rejected_commands_applies_exactly_the_accepted_ones() {
+    let db = TestDb::new().await;
+    let store = one_writer(&db);
+    // Ten SMS worth of credit, forty asked for at once.
+    let id = account_with(&store, 100_000).await;
+    let commands = (0..40)
+        .map(|n| (meta(None, b""), sms(&format!("msg-{n}"))))
+        .collect();
+    let answers = all_at_once(&store, id, commands).await;
+    let accepted = answers.iter().filter(|a| matches!(a, Ok(Ok(_)))).count();
+    let refused = answers
+        .iter()
+        .filter(|a| matches!(a, Ok(Err(Rejection::InsufficientBalance { .. }))))
+        .count();
+    assert_eq!((accepted, refused), (10, 30));
+
+    let events = events_with_xid(&db, id).await;
+    assert_batched(&events, "debited");
+    assert_eq!(events.iter().filter(|(t, _)| t == "debited").count(), 10);
+    let account = store.account(id).await.unwrap().unwrap();
+    assert_eq!(account.balance_credit, Micros::ZERO);
+    assert_eq!(account.version as usize, events.len());
+    let stored = store.account_events(id).await.unwrap();
+    assert_eq!(
+        stored.iter().map(|e| e.version).collect::<Vec<_>>(),
+        (1..=events.len() as i64).collect::<Vec<_>>(),
+        "contiguous versions: a refusal took none"
+    );
+}
+
+#[tokio::test]
+async fn a_key_used_twice_in_one_batch_is_applied_once_and_the_second_gets_the_first_answer() {
+    let db = TestDb::new().await;
+    let store = one_writer(&db);
+    let id = account_with(&store, 0).await;
+    // A plain change first, so that the keyed ones queue behind its batch.
+    let mut commands = vec![(meta(None, b""), add(1))];
+    commands.extend((0..20).map(|_| (meta(Some("pay-1"), b"same"), add(500))));
+    commands.extend((0..5).map(|_| (meta(Some("pay-1"), b"other"), add(7))));
+    commands.extend((0..20).map(|n| (meta(Some(&format!("pay-{}", n + 2)), b"x"), add(1))));
+    let answers = all_at_once(&store, id, commands).await;
+
+    let first: Vec<_> = answers[1..21]
+        .iter()
+        .map(|a| a.as_ref().unwrap().as_ref().unwrap())
+        .collect();
+    assert!(
+        first.windows(2).all(|w| w[0] == w[1]),
+        "every use of the key gets the first answer"
+    );
+    let reused = answers[21..26]
+        .iter()
+        .filter(|a| matches!(a, Ok(Err(Rejection::IdempotencyKeyReused))))
+        .count();
+    // A different request under the key is refused, unless it came first.
+    assert!(reused >= 4, "{reused} of 5 refused");
+    let events = events_with_xid(&db, id).await;
+    assert_batched(&events, "balance_added");
+    let account = store.account(id).await.unwrap().unwrap();
+    let sevens = 5 - reused as i64;
+    let expected = if sevens == 1 {
+        1 + 7 + 20
+    } else {
+        1 + 500 + 20
+    };
+    assert_eq!(account.balance_credit, Micros(expected));
+}
+
+#[tokio::test]
+async fn a_database_error_in_the_middle_of_a_batch_fails_that_command_alone() {
+    let db = TestDb::new().await;
+    let store = one_writer(&db);
+    let id = account_with(&store, 10_000_000).await;
+    // PostgreSQL cannot store a NUL character in jsonb: the event insert of
+    // command 15 fails inside the batch's transaction.
+    let commands = (0..30)
+        .map(|n| {
+            let reference = if n == 15 {
+                "bad\0ref".to_owned()
+            } else {
+                format!("msg-{n}")
+            };
+            (meta(Some(&format!("k-{n}")), b""), sms(&reference))
+        })
+        .collect();
+    let answers = all_at_once(&store, id, commands).await;
+    for (n, answer) in answers.iter().enumerate() {
+        if n == 15 {
+            assert!(
+                matches!(answer, Err(StoreError::Database(_))),
+                "the bad command fails: {answer:?}"
+            );
+        } else {
+            assert!(matches!(answer, Ok(Ok(_))), "command {n}: {answer:?}");
+        }
+    }
+    let events = events_with_xid(&db, id).await;
+    assert_eq!(events.iter().filter(|(t, _)| t == "debited").count(), 29);
+    let account = store.account(id).await.unwrap().unwrap();
+    assert_eq!(account.balance_credit, Micros(10_000_000 - 29 * 10_000));
+    let keys: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM idempotency_keys WHERE idempotency_key LIKE 'k-%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(keys, 29, "nothing of the failed command was kept");
+}
+
+#[tokio::test]
+async fn two_replicas_hammering_one_account_lose_no_update_and_never_cross_the_limit() {
+    let db = TestDb::new().await;
+    // Two stores are two replicas: each has its own writers and its own
+    // cached copy of the account, which the other keeps making stale.
+    let a = Store::connect(&db.url, 8, RateTable::default()).unwrap();
+    let b = Store::connect(&db.url, 8, RateTable::default()).unwrap();
+    let id = account_with(&a, 0).await;
+    let mut expected_balance = 0;
+    for round in 0..4 {
+        // Each round: a top-up on each replica, then both race to spend more
+        // than there is. 25 SMS fit in 250,000 micros; 60 are asked for.
+        for store in [&a, &b] {
+            store
+                .execute(id, &meta(None, b""), &add(125_000))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        expected_balance += 250_000;
+        let spend = |store: &Store, side: &str| {
+            let commands: Vec<_> = (0..30)
+                .map(|n| (meta(None, b""), sms(&format!("{side}-{round}-{n}"))))
+                .collect();
+            let store = store.clone();
+            async move { all_at_once(&store, id, commands).await }
+        };
+        let (from_a, from_b) = tokio::join!(spend(&a, "a"), spend(&b, "b"));
+        let accepted = from_a
+            .iter()
+            .chain(&from_b)
+            .filter(|r| matches!(r, Ok(Ok(_))))
+            .count();
+        assert!(
+            from_a.iter().chain(&from_b).all(|r| matches!(
+                r,
+                Ok(Ok(_)) | Ok(Err(Rejection::InsufficientBalance { .. }))
+            )),
+            "only successes and refusals"
+        );
+        assert_eq!(accepted, 25, "round {round}: exactly what fits, never more");
+        expected_balance -= 25 * 10_000;
+        for store in [&a, &b] {
+            let account = store.account(id).await.unwrap().unwrap();
+            assert_eq!(account.balance_credit, Micros(expected_balance));
+        }
+    }
+    // No lost update: every accepted change is an event, in contiguous
+    // versions, and the stored state is their fold.
+    let events = a.account_events(id).await.unwrap();
+    let versions: Vec<i64> = events.iter().map(|e| e.version).collect();
+    assert_eq!(versions, (1..=versions.len() as i64).collect::<Vec<_>>());
+    let debits = events.iter().filter(|e| e.event_type == "debited").count();
+    assert_eq!(debits, 4 * 25);
+    // Per account, the feed is in version order across both replicas.
+    let mut cursor = Cursor::START;
+    let mut fed = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while fed.len() < versions.len() && tokio::time::Instant::now() < deadline {
+        for e in a.read_feed(cursor, 1_000).await.unwrap() {
+            cursor = e.cursor;
+            if e.account_id == id {
+                fed.push(e.version);
+            }
+        }
+    }
+    assert_eq!(fed, versions, "feed order is version order");
+}

@@ -4,8 +4,14 @@
 # sweep of concurrency and account distribution. Prints one table and writes
 # JSON under target/bench/.
 #
-# BENCH_SECONDS (10), BENCH_WARMUP (2), BENCH_CONCURRENCY ("1 4 16 64"),
-# BENCH_ACCOUNTS (100, for the uniform distribution) tune it.
+# The API (with the sweeper), the read side (projector and publisher) and the
+# broker run as separate processes, so that the CPU of each is reported. At
+# each concurrency the same load generator also drives the gRPC health check
+# alone: the ceiling gRPC allows on this machine, with no database work.
+#
+# BENCH_SECONDS (10), BENCH_WARMUP (2), BENCH_CONCURRENCY ("1 4 16 64 256"),
+# BENCH_ACCOUNTS (100, for the uniform distribution), BENCH_MANY_ACCOUNTS
+# (10000, one extra uniform row at BENCH_MANY_CONCURRENCY, 64) tune it.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,14 +20,20 @@ dev="$root/.dev"
 out="$root/target/bench"
 seconds=${BENCH_SECONDS:-10}
 warmup=${BENCH_WARMUP:-2}
-sweep=${BENCH_CONCURRENCY:-1 4 16 64}
+sweep=${BENCH_CONCURRENCY:-1 4 16 64 256}
 uniform_accounts=${BENCH_ACCOUNTS:-100}
+many_accounts=${BENCH_MANY_ACCOUNTS:-10000}
+many_concurrency=${BENCH_MANY_CONCURRENCY:-64}
 mkdir -p "$dev" "$out"
 rm -f "$out"/*.json
 
-server_pid=""
+api_pid=""
+readside_pid=""
 cleanup() {
-  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  local pid
+  for pid in $api_pid $readside_pid; do
+    kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+  done
   "$root/scripts/kafka.sh" stop "$dev/kafka-bench" || true
   "$root/scripts/pg.sh" stop "$dev/pg-bench" || true
 }
@@ -52,18 +64,24 @@ pgbench=$(ls -d /usr/lib/postgresql/*/bin/pgbench | sort -V | tail -n 1)
 kafka_port=$(free_port 19192)
 brokers=$("$root/scripts/kafka.sh" start "$dev/kafka-bench" "$kafka_port")
 
-# The service, as make run runs it: every role, the publisher included.
+# The service: every role make run runs, as two processes (the API with the
+# sweeper, and the read side), next to the broker's own.
 export BILLING_JWT_SECRET
 BILLING_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 grpc_port=$(free_port 50151)
+BILLING_DATABASE_URL="$db" RUST_LOG=warn "$bin/billing" migrate > "$out/migrate.log" 2>&1
+BILLING_DATABASE_URL="$db" RUST_LOG=warn \
+  "$bin/billing" serve --roles api,sweeper --grpc-addr "127.0.0.1:$grpc_port" > "$out/api.log" 2>&1 &
+api_pid=$!
 BILLING_DATABASE_URL="$db" BILLING_KAFKA_BROKERS="$brokers" RUST_LOG=warn \
-  "$bin/billing" serve --migrate --roles api,sweeper,projector,publisher \
-  --grpc-addr "127.0.0.1:$grpc_port" > "$out/server.log" 2>&1 &
-server_pid=$!
+  "$bin/billing" serve --roles projector,publisher > "$out/readside.log" 2>&1 &
+readside_pid=$!
+broker_pid=$(cat "$dev/kafka-bench/pid")
 for _ in $(seq 1 100); do
   (exec 3<>"/dev/tcp/127.0.0.1/$grpc_port") 2>/dev/null && break
   sleep 0.1
 done
+processes=(--process "api=$api_pid" --process "readside=$readside_pid" --process "broker=$broker_pid")
 
 # The baseline: one statement, one transaction per charge, that decrements
 # the balance only if it covers the amount and records the ledger row.
@@ -71,7 +89,8 @@ psql "$baseline_db" -q <<SQL
 CREATE TABLE balances (account_id int PRIMARY KEY, balance bigint NOT NULL);
 CREATE TABLE ledger (id bigserial PRIMARY KEY, account_id int NOT NULL, amount bigint NOT NULL,
                      balance_after bigint NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
-INSERT INTO balances SELECT g, 1000000000000000 FROM generate_series(1, $uniform_accounts) g;
+INSERT INTO balances SELECT g, 1000000000000000
+  FROM generate_series(1, greatest($uniform_accounts, $many_accounts)) g;
 SQL
 cat > "$out/charge.sql" <<'SQL'
 \set aid random(1, :accounts)
@@ -84,20 +103,33 @@ WITH charged AS (
 INSERT INTO ledger (account_id, amount, balance_after) SELECT account_id, -:amount, balance FROM charged;
 SQL
 
+# One row: the baseline, then the service, at the same concurrency on the
+# same accounts distribution.
+row() {
+  local accounts=$1 c=$2 dist=uniform jobs tps
+  [ "$accounts" = 1 ] && dist=hot
+  jobs=$(( c < 2 ? c : 2 ))
+  tps=$("$pgbench" -n -c "$c" -j "$jobs" -T "$seconds" -D "accounts=$accounts" -f "$out/charge.sql" "$baseline_db" 2>/dev/null \
+    | awk '/^tps = / {print $3; exit}')
+  printf '{"kind":"baseline","distribution":"%s","accounts":%s,"concurrency":%s,"tps":%s}\n' \
+    "$dist" "$accounts" "$c" "${tps:-0}" > "$out/baseline-$accounts-$c.json"
+  echo "baseline $accounts accounts c=$c: $tps charges/s"
+  "$bin/billing-load" run --addr "127.0.0.1:$grpc_port" --concurrency "$c" --accounts "$accounts" \
+    --duration-s "$seconds" --warmup-s "$warmup" "${processes[@]}" --database-url "$db" \
+    --label "service-$accounts-$c" --out "$out/service-$accounts-$c.json"
+}
+
+for c in $sweep; do
+  "$bin/billing-load" run --target health --addr "127.0.0.1:$grpc_port" --concurrency "$c" \
+    --duration-s "$seconds" --warmup-s "$warmup" "${processes[@]}" \
+    --label "health-$c" --out "$out/health-$c.json"
+done
 for accounts in "$uniform_accounts" 1; do
-  dist=uniform; [ "$accounts" = 1 ] && dist=hot
   for c in $sweep; do
-    jobs=$(( c < 2 ? c : 2 ))
-    tps=$("$pgbench" -n -c "$c" -j "$jobs" -T "$seconds" -D "accounts=$accounts" -f "$out/charge.sql" "$baseline_db" 2>/dev/null \
-      | awk '/^tps = / {print $3; exit}')
-    printf '{"kind":"baseline","distribution":"%s","accounts":%s,"concurrency":%s,"tps":%s}\n' \
-      "$dist" "$accounts" "$c" "${tps:-0}" > "$out/baseline-$dist-$c.json"
-    echo "baseline $dist c=$c: $tps charges/s"
-    "$bin/billing-load" run --addr "127.0.0.1:$grpc_port" --concurrency "$c" --accounts "$accounts" \
-      --duration-s "$seconds" --warmup-s "$warmup" --server-pid "$server_pid" \
-      --label "service-$dist-$c" --out "$out/service-$dist-$c.json"
+    row "$accounts" "$c"
   done
 done
+[ "$many_accounts" -gt 0 ] && row "$many_accounts" "$many_concurrency"
 
 psql "$db" -qAtc "SELECT calls, round(total_exec_time::numeric), round(mean_exec_time::numeric, 3),
                          left(regexp_replace(query, '\\s+', ' ', 'g'), 100)

@@ -62,7 +62,7 @@ case "$cmd" in
       {
         echo "listen_addresses = '127.0.0.1'"
         echo "unix_socket_directories = '$datadir'"
-        echo "max_connections = 300"
+        echo "max_connections = 400"
         echo "shared_buffers = 256MB"
         if [ "$ephemeral" = "--ephemeral" ]; then
           echo "fsync = off"

@@ -4,10 +4,13 @@
 //! - `run`: N workers, each looping `Reserve` then `Commit` (PSTN or VN, a
 //!   random real duration), mixed with SMS `Debit`s, against K accounts or one
 //!   hot account. Latency per RPC (HDR histograms), errors by status code,
-//!   calls and changes per second, and the CPU the generator, the server and
-//!   PostgreSQL used, written as JSON.
+//!   calls and changes per second, the CPU the generator, each named process
+//!   (API, read side, broker) and PostgreSQL used, and the projector's and
+//!   publisher's lag, written as JSON. `--target health` drives the gRPC
+//!   health check alone: the ceiling gRPC allows on the machine.
 //! - `report`: one table from a directory of run and baseline JSON files.
 
+mod measure;
 mod report;
 mod run;
 

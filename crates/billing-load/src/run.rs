@@ -7,12 +7,15 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use billing_proto::v1 as pb;
 use billing_proto::v1::billing_service_client::BillingServiceClient;
-use hdrhistogram::Histogram;
 use serde::Serialize;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::measure::{self, LagReport, Latency, Process, ProcessCpu, Tally};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct RunArgs {
@@ -44,15 +47,39 @@ pub struct RunArgs {
     /// Percent of calls that are VN (token-first); the rest are PSTN.
     #[arg(long, default_value_t = 30)]
     vn_percent: u32,
-    /// The server's process id, to report its CPU use.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// What to drive: the billing RPCs, or the gRPC health check alone (no
+    /// database work: the ceiling gRPC allows on this machine).
+    #[arg(long, value_enum, default_value_t = Target::Service)]
+    target: Target,
+    /// A process to report the CPU of, as NAME=PID (repeatable): the API,
+    /// the read side, the broker.
+    #[arg(long = "process")]
+    processes: Vec<Process>,
+    /// The billing database, to sample the projector's and the publisher's
+    /// lag while measuring.
+    #[arg(long, env = "BILLING_DATABASE_URL")]
+    database_url: Option<String>,
     /// A name for this run in the report.
     #[arg(long, default_value = "run")]
     label: String,
     /// Where to write the JSON.
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    Service,
+    Health,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Service => "service",
+            Self::Health => "health",
+        }
+    }
 }
 
 type Client = BillingServiceClient<InterceptedService<Channel, Bearer>>;
@@ -72,6 +99,13 @@ impl Interceptor for Bearer {
     }
 }
 
+async fn channel(addr: &str) -> anyhow::Result<Channel> {
+    Channel::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {addr}"))
+}
+
 async fn client(addr: &str, secret: &str, role: &str) -> anyhow::Result<Client> {
     let token = billing_api::auth::mint_hs256(
         secret.as_bytes(),
@@ -83,12 +117,8 @@ async fn client(addr: &str, secret: &str, role: &str) -> anyhow::Result<Client> 
         None,
     )
     .map_err(|e| anyhow::anyhow!(e))?;
-    let channel = Channel::from_shared(format!("http://{addr}"))?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
     Ok(BillingServiceClient::with_interceptor(
-        channel,
+        channel(addr).await?,
         Bearer(format!("Bearer {token}").parse()?),
     ))
 }
@@ -109,70 +139,6 @@ impl Rng {
     }
 }
 
-/// What one worker measured.
-#[derive(Default)]
-struct Tally {
-    latencies: BTreeMap<&'static str, Histogram<u64>>,
-    errors: BTreeMap<String, u64>,
-    calls: u64,
-    changes: u64,
-}
-
-impl Tally {
-    fn record(
-        &mut self,
-        rpc: &'static str,
-        started: Instant,
-        result: &Result<(), tonic::Status>,
-    ) -> bool {
-        let micros = u64::try_from(started.elapsed().as_micros())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let histogram = self.latencies.entry(rpc).or_insert_with(|| {
-            Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
-        });
-        let _ = histogram.record(micros.min(120_000_000));
-        match result {
-            Ok(()) => true,
-            Err(status) => {
-                *self
-                    .errors
-                    .entry(format!("{rpc}:{:?}", status.code()))
-                    .or_default() += 1;
-                false
-            }
-        }
-    }
-
-    fn merge(&mut self, other: Tally) {
-        for (rpc, h) in other.latencies {
-            match self.latencies.get_mut(rpc) {
-                Some(mine) => {
-                    let _ = mine.add(&h);
-                }
-                None => {
-                    self.latencies.insert(rpc, h);
-                }
-            }
-        }
-        for (code, n) in other.errors {
-            *self.errors.entry(code).or_default() += n;
-        }
-        self.calls += other.calls;
-        self.changes += other.changes;
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct Latency {
-    pub count: u64,
-    pub p50_us: u64,
-    pub p95_us: u64,
-    pub p99_us: u64,
-    pub p999_us: u64,
-    pub max_us: u64,
-}
-
 /// One run's measurements, as written to JSON.
 #[derive(Debug, Serialize)]
 pub struct RunReport {
@@ -184,6 +150,7 @@ pub struct RunReport {
     pub duration_s: f64,
     pub calls: u64,
     pub calls_per_s: f64,
+    /// Successful state changes (health checks, for the health target).
     pub changes: u64,
     pub changes_per_s: f64,
     pub rpcs: BTreeMap<String, Latency>,
@@ -192,77 +159,49 @@ pub struct RunReport {
     /// one core: it must not be the bottleneck.
     pub loadgen_cpu_s: f64,
     pub loadgen_cpu_pct_of_core: f64,
-    pub server_cpu_s: Option<f64>,
-    pub server_cpu_us_per_change: Option<f64>,
+    /// CPU of each named process (API, read side, broker).
+    pub processes: BTreeMap<String, ProcessCpu>,
     pub postgres_cpu_s: f64,
     pub postgres_cpu_us_per_change: f64,
+    /// The projector's and the publisher's lag while measuring.
+    pub lag: BTreeMap<&'static str, LagReport>,
 }
 
-/// CPU seconds (user + system) of a process, from /proc.
-fn cpu_seconds(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields of the whole line.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / clock_ticks())
-}
-
-fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// CPU seconds of every PostgreSQL process on the machine.
-fn postgres_cpu_seconds() -> f64 {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0.0;
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|name| name.bytes().all(|b| b.is_ascii_digit()))
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|comm| comm.trim() == "postgres")
-        })
-        .filter_map(|pid| cpu_seconds(&pid))
-        .sum()
-}
-
+/// Creates the load's accounts, many at a time, each with ample credit.
 async fn setup(args: &RunArgs) -> anyhow::Result<Vec<String>> {
-    let mut admin = client(&args.addr, &args.jwt_secret, "project_super_admin").await?;
-    let mut accounts = Vec::with_capacity(args.accounts);
-    for n in 0..args.accounts.max(1) {
-        let account = admin
-            .create_billing_account(pb::CreateBillingAccountRequest {
-                customer_id: uuid::Uuid::new_v4().to_string(),
-                name: format!("load-{n}"),
-                plan_type: pb::PlanType::Basic.into(),
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        admin
-            .add_balance(pb::AddBalanceRequest {
-                account_id: account.id.clone(),
-                amount_credit: 1_000_000_000_000_000,
-                idempotency_key: uuid::Uuid::new_v4().to_string(),
-                ..Default::default()
-            })
-            .await?;
-        accounts.push(account.id);
-    }
-    Ok(accounts)
+    use futures::StreamExt;
+    let admin = client(&args.addr, &args.jwt_secret, "project_super_admin").await?;
+    let accounts = futures::stream::iter(0..args.accounts.max(1))
+        .map(|n| {
+            let mut admin = admin.clone();
+            async move {
+                let account = admin
+                    .create_billing_account(pb::CreateBillingAccountRequest {
+                        customer_id: uuid::Uuid::new_v4().to_string(),
+                        name: format!("load-{n}"),
+                        plan_type: pb::PlanType::Basic.into(),
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                admin
+                    .add_balance(pb::AddBalanceRequest {
+                        account_id: account.id.clone(),
+                        amount_credit: 1_000_000_000_000_000,
+                        idempotency_key: uuid::Uuid::new_v4().to_string(),
+                        ..Default::default()
+                    })
+                    .await?;
+                anyhow::Ok(account.id)
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    accounts.into_iter().collect()
 }
 
+/// A call-control worker: SMS debits, and calls reserved then committed.
 async fn worker(
     mut client: Client,
     accounts: std::sync::Arc<Vec<String>>,
@@ -336,50 +275,100 @@ async fn worker(
     tally
 }
 
+/// A worker that only asks the gRPC health check: the same load generator
+/// and transport with no database work behind it.
+async fn health_worker(
+    mut client: HealthClient<Channel>,
+    measure_from: Instant,
+    end: Instant,
+) -> Tally {
+    let mut tally = Tally::default();
+    while Instant::now() < end {
+        let measuring = Instant::now() >= measure_from;
+        let started = Instant::now();
+        let result = client
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(drop);
+        if measuring && tally.record("Check", started, &result) {
+            tally.changes += 1;
+        }
+    }
+    tally
+}
+
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let accounts = std::sync::Arc::new(setup(&args).await?);
-    let mut clients = Vec::new();
+    let accounts = match args.target {
+        Target::Service => std::sync::Arc::new(setup(&args).await?),
+        Target::Health => std::sync::Arc::default(),
+    };
+    let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
-        clients.push(client(&args.addr, &args.jwt_secret, "service").await?);
+        channels.push(channel(&args.addr).await?);
     }
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(args.warmup_s);
     let end = measure_from + Duration::from_secs(args.duration_s);
-    let workers: Vec<_> = (0..args.concurrency.max(1))
-        .map(|n| {
-            let client = clients[n % clients.len()].clone();
-            tokio::spawn(worker(
-                client,
-                accounts.clone(),
-                args.clone(),
-                n as u64 + 1,
-                measure_from,
-                end,
-            ))
-        })
-        .collect();
-    // CPU is sampled over the measured window only.
+    let mut workers = Vec::new();
+    for n in 0..args.concurrency.max(1) {
+        let channel = channels[n % channels.len()].clone();
+        workers.push(match args.target {
+            Target::Service => {
+                let token = billing_api::auth::mint_hs256(
+                    args.jwt_secret.as_bytes(),
+                    "billing-load",
+                    "service",
+                    None,
+                    3_600,
+                    None,
+                    None,
+                )
+                .map_err(|e| anyhow::anyhow!(e))?;
+                let client = BillingServiceClient::with_interceptor(
+                    channel,
+                    Bearer(format!("Bearer {token}").parse()?),
+                );
+                tokio::spawn(worker(
+                    client,
+                    accounts.clone(),
+                    args.clone(),
+                    n as u64 + 1,
+                    measure_from,
+                    end,
+                ))
+            }
+            Target::Health => {
+                tokio::spawn(health_worker(HealthClient::new(channel), measure_from, end))
+            }
+        });
+    }
+    // CPU and lag are sampled over the measured window only.
     tokio::time::sleep_until(measure_from.into()).await;
-    let self_before = cpu_seconds("self").unwrap_or(0.0);
-    let server_before = args
-        .server_pid
-        .and_then(|pid| cpu_seconds(&pid.to_string()));
-    let postgres_before = postgres_cpu_seconds();
+    let lag = args
+        .database_url
+        .clone()
+        .filter(|_| args.target == Target::Service)
+        .map(|url| tokio::spawn(measure::sample_lag(url, end)));
+    let self_before = measure::cpu_seconds("self").unwrap_or(0.0);
+    let processes_before = measure::cpu_snapshot(&args.processes);
+    let postgres_before = measure::postgres_cpu_seconds();
     let mut tally = Tally::default();
     for worker in workers {
         tally.merge(worker.await?);
     }
     let measured = end.duration_since(measure_from).as_secs_f64();
-    let loadgen_cpu = cpu_seconds("self").unwrap_or(0.0) - self_before;
-    let server_cpu = server_before.and_then(|before| {
-        args.server_pid
-            .and_then(|pid| cpu_seconds(&pid.to_string()))
-            .map(|after| after - before)
-    });
-    let postgres_cpu = postgres_cpu_seconds() - postgres_before;
     let changes = tally.changes.max(1) as f64;
+    let loadgen_cpu = measure::cpu_seconds("self").unwrap_or(0.0) - self_before;
+    let processes = measure::cpu_since(&args.processes, &processes_before, changes);
+    let postgres_cpu = measure::postgres_cpu_seconds() - postgres_before;
+    let lag = match lag {
+        Some(task) => task.await??,
+        None => BTreeMap::new(),
+    };
     let report = RunReport {
-        kind: "service",
+        kind: args.target.name(),
         label: args.label.clone(),
         distribution: if args.accounts <= 1 { "hot" } else { "uniform" },
         accounts: args.accounts,
@@ -389,30 +378,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         calls_per_s: tally.calls as f64 / measured,
         changes: tally.changes,
         changes_per_s: tally.changes as f64 / measured,
-        rpcs: tally
-            .latencies
-            .iter()
-            .map(|(rpc, h)| {
-                (
-                    (*rpc).to_owned(),
-                    Latency {
-                        count: h.len(),
-                        p50_us: h.value_at_quantile(0.50),
-                        p95_us: h.value_at_quantile(0.95),
-                        p99_us: h.value_at_quantile(0.99),
-                        p999_us: h.value_at_quantile(0.999),
-                        max_us: h.max(),
-                    },
-                )
-            })
-            .collect(),
+        rpcs: tally.latency_report(),
         errors: tally.errors,
         loadgen_cpu_s: loadgen_cpu,
         loadgen_cpu_pct_of_core: 100.0 * loadgen_cpu / measured,
-        server_cpu_s: server_cpu,
-        server_cpu_us_per_change: server_cpu.map(|cpu| cpu * 1e6 / changes),
+        processes,
         postgres_cpu_s: postgres_cpu,
         postgres_cpu_us_per_change: postgres_cpu * 1e6 / changes,
+        lag,
     };
     let json = serde_json::to_string_pretty(&report)?;
     match &args.out {
@@ -425,12 +398,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => println!("{json}"),
     }
     eprintln!(
-        "{}: {} workers, {} accounts: {:.0} changes/s, {:.0} calls/s, errors {:?}",
+        "{}: {} workers, {} accounts: {:.0} {}/s, errors {:?}",
         report.label,
         report.concurrency,
         report.accounts,
         report.changes_per_s,
-        report.calls_per_s,
+        if args.target == Target::Health {
+            "checks"
+        } else {
+            "changes"
+        },
         report.errors
     );
     Ok(())

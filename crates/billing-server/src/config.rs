@@ -101,6 +101,10 @@ pub struct DatabaseArgs {
     /// Connections in the pool.
     #[arg(long, env = "BILLING_DB_POOL_SIZE", default_value_t = 32)]
     pub pool_size: usize,
+    /// Group-commit writers for commands, each with a connection of its own
+    /// besides the pool. An account's commands always go to the same one.
+    #[arg(long, env = "BILLING_COMMAND_WRITERS", default_value_t = billing_store::DEFAULT_WRITERS)]
+    pub command_writers: usize,
 }
 
 /// The algorithm of a public verification key.
@@ -200,6 +204,7 @@ impl ServeConfig {
             database: DatabaseArgs {
                 database_url: Secret(database_url.to_owned()),
                 pool_size: 16,
+                command_writers: billing_store::DEFAULT_WRITERS,
             },
             jwt: JwtArgs {
                 jwt_secret: Some(Secret(jwt_secret.to_owned())),

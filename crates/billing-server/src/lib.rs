@@ -51,7 +51,8 @@ impl Application {
             config.database.database_url.expose(),
             config.database.pool_size,
             config.rates()?,
-        )?;
+        )?
+        .with_writers(config.database.command_writers);
         if config.migrate {
             let applied = store.migrate().await.context("applying migrations")?;
             tracing::info!(applied, "migrations are up to date");

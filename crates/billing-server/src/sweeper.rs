@@ -30,13 +30,20 @@ pub async fn run(store: Store, interval: Duration, mut shutdown: watch::Receiver
                 continue;
             }
         };
-        for account_id in due {
-            match store.execute(account_id, &meta, &Command::Housekeep).await {
-                Ok(Ok(_)) => tracing::debug!(%account_id, "sweeper: housekeeping recorded"),
-                Ok(Err(rejection)) => tracing::warn!(%account_id, %rejection, "sweeper: refused"),
-                Err(error) => tracing::warn!(%account_id, %error, "sweeper: store failure"),
+        // All at once, so that they share the writers' batches.
+        let sweeps = due.into_iter().map(|account_id| {
+            let (store, meta) = (&store, &meta);
+            async move {
+                match store.execute(account_id, meta, &Command::Housekeep).await {
+                    Ok(Ok(_)) => tracing::debug!(%account_id, "sweeper: housekeeping recorded"),
+                    Ok(Err(rejection)) => {
+                        tracing::warn!(%account_id, %rejection, "sweeper: refused");
+                    }
+                    Err(error) => tracing::warn!(%account_id, %error, "sweeper: store failure"),
+                }
             }
-        }
+        });
+        futures::future::join_all(sweeps).await;
     }
     tracing::info!("sweeper stopped");
 }

@@ -141,6 +141,31 @@ impl Account {
         })
     }
 
+    /// Checks that every amount derived from this state stays representable
+    /// whichever of its holds are live: the sums of all holds, and the
+    /// available balances with none or all of them counting (and after a
+    /// monthly reset). Time alone (a hold expiring, the reset) moves an
+    /// account only within these bounds, so a state that passes can be read
+    /// at any later time, and every time-driven event on it is accepted.
+    pub fn check_representable(&self) -> Result<(), Overflow> {
+        let all = || self.holds.values();
+        let reserved_credit = Micros::checked_sum(all().map(|h| h.reserved_credit))?;
+        let reserved_token = Tokens::checked_sum(all().map(|h| h.reserved_token))?;
+        let limit = if self.is_postpaid {
+            self.credit_limit
+        } else {
+            Micros::ZERO
+        };
+        self.balance_credit
+            .checked_add(limit)?
+            .checked_sub(reserved_credit)?;
+        self.balance_token.checked_sub(reserved_token)?;
+        if let Some(allowance) = self.plan_type.monthly_tokens() {
+            allowance.checked_sub(reserved_token)?;
+        }
+        Ok(())
+    }
+
     /// The account as replies show it at `now`.
     pub fn view(&self, now: DateTime<Utc>) -> Result<AccountView, Overflow> {
         let b = self.balances(now)?;

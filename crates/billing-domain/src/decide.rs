@@ -49,6 +49,7 @@ pub fn create(id: Uuid, cmd: &CreateAccount, now: DateTime<Utc>) -> Result<Execu
         payment_method: cmd.payment_method.clone(),
     };
     let account = Account::created(id, &created, now);
+    account.check_representable()?;
     let mut draft = Draft {
         events: vec![Recorded {
             version: account.version,
@@ -96,6 +97,11 @@ pub fn execute(
         Command::Update(patch) => draft.update(patch)?,
         Command::Housekeep => Outcome::Account(draft.account.view(draft.now)?),
     };
+    // A command that would leave an amount unrepresentable (now, or once
+    // time has moved its holds) is refused: every reachable state stays
+    // readable and repairable. Time-driven events never trip this, since
+    // they keep an account within the bounds it checks.
+    draft.account.check_representable()?;
     Ok(Executed {
         events: draft.events,
         account: draft.account,

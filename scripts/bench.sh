@@ -17,7 +17,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 dev="$root/.dev"
-out="$root/target/bench"
+target=${CARGO_TARGET_DIR:-$root/target}
+out="$target/bench"
 seconds=${BENCH_SECONDS:-10}
 warmup=${BENCH_WARMUP:-2}
 sweep=${BENCH_CONCURRENCY:-1 4 16 64 256}
@@ -50,7 +51,7 @@ free_port() {
 
 echo "building (release)..."
 cargo build --release --bin billing --bin billing-load
-bin="$root/target/release"
+bin="$target/release"
 
 # One PostgreSQL for both, durable (fsync on), with pg_stat_statements.
 pg_port=$(free_port 55532)

@@ -76,7 +76,7 @@ cmd_run() {
   fi
   export BILLING_ROLES=${BILLING_ROLES:-api,sweeper,projector,publisher}
   cargo build --bin billing
-  local bin="$root/target/debug/billing"
+  local bin="${CARGO_TARGET_DIR:-$root/target}/debug/billing"
   "$bin" migrate
   local addr=${BILLING_GRPC_ADDR:-127.0.0.1:50051}
   export BILLING_GRPC_ADDR="$addr"
@@ -87,18 +87,18 @@ billing: gRPC API on $addr (health and reflection need no token)
 TXT
   if [ -n "${BILLING_JWT_SECRET:-}" ]; then
     cat <<TXT
-Tokens, valid for 12 hours (target/debug/billing token mints more):
+Tokens, valid for 12 hours ($bin token mints more):
   project_super_admin:  export BILLING_TOKEN=$("$bin" token --role project_super_admin --subject dev-admin)
   service:              export BILLING_TOKEN=$("$bin" token --role service --subject dev-call-control)
   customer_admin of $customer:
                         export BILLING_TOKEN=$("$bin" token --role customer_admin --customer-id "$customer" --subject dev-customer)
 Paste one export line into another terminal, then for example:
-  target/debug/billing call CreateBillingAccount '{"customer_id": "$customer", "name": "Primary Account"}'
-  target/debug/billing call Rate '{"service_type": "SERVICE_TYPE_CALL_PSTN_OUTGOING", "duration_ms": 150000}'
+  $bin call CreateBillingAccount '{"customer_id": "$customer", "name": "Primary Account"}'
+  $bin call Rate '{"service_type": "SERVICE_TYPE_CALL_PSTN_OUTGOING", "duration_ms": 150000}'
 TXT
   fi
   cat <<TXT
-Watch every balance change on Kafka: target/debug/billing tail --brokers $BILLING_KAFKA_BROKERS
+Watch every balance change on Kafka: $bin tail --brokers $BILLING_KAFKA_BROKERS
 The README walks through a whole call. Ctrl-C stops everything.
 
 TXT

@@ -59,16 +59,13 @@ pub fn report(dir: &Path) -> anyhow::Result<()> {
         let run: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
             .with_context(|| format!("parsing {}", path.display()))?;
         let concurrency = run["concurrency"].as_u64().unwrap_or(0);
+        let key = (distribution(&run), concurrency);
         match run["kind"].as_str() {
             Some("health") => {
                 health.insert(concurrency, f(&run["changes_per_s"]));
             }
-            Some("service") => {
-                rows.entry((distribution(&run), concurrency)).or_default().0 = Some(run)
-            }
-            Some("baseline") => {
-                rows.entry((distribution(&run), concurrency)).or_default().1 = Some(run);
-            }
+            Some("service") => rows.entry(key).or_default().0 = Some(run),
+            Some("baseline") => rows.entry(key).or_default().1 = Some(run),
             _ => {}
         }
     }

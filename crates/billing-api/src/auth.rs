@@ -153,7 +153,7 @@ impl fmt::Debug for Authenticator {
     }
 }
 
-/// Seconds of clock skew tolerated on `exp`.
+/// Seconds of clock skew tolerated on `exp` and `nbf`.
 const LEEWAY_SECONDS: u64 = 30;
 
 impl Authenticator {
@@ -179,6 +179,7 @@ impl Authenticator {
         // Exactly one algorithm: no `none`, no switching.
         let mut validation = Validation::new(algorithm);
         validation.leeway = LEEWAY_SECONDS;
+        validation.validate_nbf = true;
         validation.required_spec_claims = HashSet::from(["exp".to_owned(), "sub".to_owned()]);
         validation.validate_aud = false;
         if let Some(issuer) = issuer {
@@ -202,11 +203,22 @@ impl Authenticator {
             .ok_or(Unauthenticated(
                 "the authorization header is not a bearer token",
             ))?;
-        let claims = jsonwebtoken::decode::<Claims>(token.trim(), &self.key, &self.validation)
+        let token = token.trim();
+        // RFC 7515 4.1.11: a token naming critical extensions the recipient
+        // does not understand is invalid, and we understand none.
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| Unauthenticated("the token is malformed"))?;
+        if header.crit.is_some() {
+            return Err(Unauthenticated(
+                "the token names critical header parameters this service does not understand",
+            ));
+        }
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind;
                 Unauthenticated(match e.kind() {
                     ErrorKind::ExpiredSignature => "the token has expired",
+                    ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)",
                     ErrorKind::InvalidAlgorithm => "the token's algorithm is not accepted",
                     ErrorKind::InvalidSignature => "the token's signature is invalid",
                     ErrorKind::InvalidIssuer => "the token's issuer is not accepted",
@@ -235,6 +247,12 @@ impl Authenticator {
         };
         if claims.sub.is_empty() {
             return Err(Unauthenticated("the token has no subject"));
+        }
+        // The subject is recorded on every change: it keeps the rule of a key.
+        if crate::validate::Text::Key.check(&claims.sub).is_err() {
+            return Err(Unauthenticated(
+                "the token's subject must be at most 255 bytes without control characters",
+            ));
         }
         Ok(Principal {
             subject: claims.sub,
@@ -309,6 +327,17 @@ impl<S: NamedService> NamedService for Authenticated<S> {
 
 type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// The request's one `authorization` header, if any. Two are refused: which
+/// one counts would be up to whichever proxy or server reads them.
+pub fn authorization(headers: &http::HeaderMap) -> Result<Option<&str>, Unauthenticated> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(Unauthenticated("more than one authorization header"));
+    }
+    Ok(first.and_then(|v| v.to_str().ok()))
+}
+
 impl<S> tower::Service<http::Request<Body>> for Authenticated<S>
 where
     S: tower::Service<http::Request<Body>, Response = http::Response<Body>> + Send,
@@ -330,11 +359,10 @@ where
             .next()
             .unwrap_or_default()
             .to_owned();
-        let authorization = request
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let status = match self.authenticator.authenticate(authorization) {
+        let rpc = crate::status::clip(&rpc, crate::status::MAX_METADATA_BYTES);
+        let verified = authorization(request.headers())
+            .and_then(|header| self.authenticator.authenticate(header));
+        let status = match verified {
             Err(reason) => {
                 tracing::info!(rpc, %reason, "unauthenticated call refused");
                 Status::unauthenticated(reason.to_string())
@@ -422,5 +450,87 @@ mod tests {
                 .authenticate(Some(&format!("Bearer {no_aud}")))
                 .is_err()
         );
+    }
+
+    fn hs256(header: &Header, claims: &serde_json::Value) -> String {
+        jsonwebtoken::encode(header, claims, &EncodingKey::from_secret(SECRET)).unwrap()
+    }
+
+    const SECRET: &[u8] = b"0123456789abcdef0123";
+
+    fn verifier() -> Authenticator {
+        Authenticator::new(&VerifyingKey::Hs256(SECRET.to_vec()), None, None).unwrap()
+    }
+
+    fn claims(extra: serde_json::Value) -> serde_json::Value {
+        let mut claims = serde_json::json!({
+            "sub": "alice",
+            "role": "service",
+            "exp": jsonwebtoken::get_current_timestamp() + 600,
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        claims
+    }
+
+    fn verdict(token: &str) -> Result<Principal, &'static str> {
+        verifier()
+            .authenticate(Some(&format!("Bearer {token}")))
+            .map_err(|e| e.0)
+    }
+
+    #[test]
+    fn a_token_is_not_valid_before_its_nbf() {
+        let header = Header::new(Algorithm::HS256);
+        let now = jsonwebtoken::get_current_timestamp();
+        let future = hs256(&header, &claims(serde_json::json!({ "nbf": now + 3_600 })));
+        assert_eq!(
+            verdict(&future).unwrap_err(),
+            "the token is not valid yet (nbf)"
+        );
+        let within_leeway = hs256(&header, &claims(serde_json::json!({ "nbf": now + 10 })));
+        assert!(verdict(&within_leeway).is_ok());
+        let past = hs256(&header, &claims(serde_json::json!({ "nbf": now - 10 })));
+        assert!(verdict(&past).is_ok());
+    }
+
+    #[test]
+    fn a_token_with_critical_extensions_is_refused() {
+        let mut header = Header::new(Algorithm::HS256);
+        header.crit = Some(vec!["exp".to_owned()]);
+        header.extras.insert(
+            "http://example.com/must-understand".to_owned(),
+            "yes".to_owned(),
+        );
+        let token = hs256(&header, &claims(serde_json::json!({})));
+        assert!(verdict(&token).unwrap_err().contains("critical"));
+        header.crit = Some(Vec::new());
+        let empty = hs256(&header, &claims(serde_json::json!({})));
+        assert!(verdict(&empty).is_err(), "an empty crit is invalid too");
+    }
+
+    #[test]
+    fn a_subject_follows_the_rule_of_a_key() {
+        let header = Header::new(Algorithm::HS256);
+        for bad in ["al\u{0}ice".to_owned(), "x".repeat(256), "a\nb".to_owned()] {
+            let token = hs256(&header, &claims(serde_json::json!({ "sub": bad })));
+            assert!(verdict(&token).is_err(), "{bad:?}");
+        }
+        let token = hs256(
+            &header,
+            &claims(serde_json::json!({ "sub": "x".repeat(255) })),
+        );
+        assert!(verdict(&token).is_ok());
+    }
+
+    #[test]
+    fn two_authorization_headers_are_refused() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(authorization(&headers).unwrap(), None);
+        headers.append(http::header::AUTHORIZATION, "Bearer a".parse().unwrap());
+        assert_eq!(authorization(&headers).unwrap(), Some("Bearer a"));
+        headers.append(http::header::AUTHORIZATION, "Bearer b".parse().unwrap());
+        assert!(authorization(&headers).is_err());
     }
 }

@@ -5,7 +5,6 @@ use billing_domain::{AccountView, CommitOutcome, ReservationView};
 use billing_proto::v1 as pb;
 use chrono::{DateTime, Utc};
 use tonic::Status;
-use uuid::Uuid;
 
 use crate::status::invalid;
 
@@ -115,20 +114,6 @@ where
     required::<P, D>(raw)
 }
 
-/// A timestamp field, if set.
-pub fn time(
-    field: &'static str,
-    t: Option<&prost_types::Timestamp>,
-) -> Result<Option<DateTime<Utc>>, Status> {
-    t.map(|t| {
-        u32::try_from(t.nanos)
-            .ok()
-            .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
-            .ok_or_else(|| invalid(field, "is not a valid timestamp"))
-    })
-    .transpose()
-}
-
 pub fn transaction(e: &billing_store::LedgerEntry) -> pb::Transaction {
     let transaction_type = match e.transaction_type.as_str() {
         "usage" => pb::TransactionType::Usage,
@@ -167,14 +152,6 @@ pub fn transaction(e: &billing_store::LedgerEntry) -> pb::Transaction {
         tm_create: Some(timestamp(e.tm_create)),
         version: e.version,
     }
-}
-
-/// A required UUID field.
-pub fn uuid(field: &'static str, value: &str) -> Result<Uuid, Status> {
-    if value.is_empty() {
-        return Err(invalid(field, "is required"));
-    }
-    Uuid::parse_str(value).map_err(|_| invalid(field, "must be a UUID"))
 }
 
 pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {

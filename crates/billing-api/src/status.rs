@@ -10,6 +10,40 @@ use tonic_types::{ErrorDetails, StatusExt};
 /// The ErrorInfo domain of every status this service returns.
 pub const ERROR_DOMAIN: &str = "billing.v1";
 
+/// The longest status message sent, in bytes: a message may quote the
+/// caller's input, and an unbounded one could fail the client on the size
+/// of the error.
+pub const MAX_MESSAGE_BYTES: usize = 256;
+/// The longest ErrorInfo metadata value sent, in bytes.
+pub const MAX_METADATA_BYTES: usize = 64;
+
+/// `text`, cut to at most `max` bytes (on a character boundary) and marked
+/// with an ellipsis when cut.
+pub fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// A status with an ErrorInfo of this service; the message and metadata
+/// values are clipped.
+fn with_info(code: Code, message: &str, reason: &str, metadata: HashMap<String, String>) -> Status {
+    let metadata: HashMap<String, String> = metadata
+        .into_iter()
+        .map(|(k, v)| (k, clip(&v, MAX_METADATA_BYTES)))
+        .collect();
+    Status::with_error_details(
+        code,
+        clip(message, MAX_MESSAGE_BYTES),
+        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata),
+    )
+}
+
 /// A refused command, with an ErrorInfo reason the caller can branch on.
 pub fn rejected(rejection: &Rejection) -> Status {
     let code = match rejection {
@@ -47,11 +81,7 @@ pub fn rejected(rejection: &Rejection) -> Status {
         }
         _ => {}
     }
-    Status::with_error_details(
-        code,
-        rejection.to_string(),
-        ErrorDetails::with_error_info(rejection.reason(), ERROR_DOMAIN, metadata),
-    )
+    with_info(code, &rejection.to_string(), rejection.reason(), metadata)
 }
 
 /// A store failure: `UNAVAILABLE` when the database cannot be reached (safe
@@ -71,9 +101,71 @@ pub fn store_failed(error: &StoreError) -> Status {
         }
         _ => {
             tracing::error!(%error, "store failure");
-            Status::internal("internal error")
+            internal()
         }
     }
+}
+
+/// A failure of this service, not of the request. It carries an ErrorInfo
+/// like every status the service raises; an INTERNAL without one can only
+/// come from the framework reading the request (see `edge`).
+pub fn internal() -> Status {
+    with_info(Code::Internal, "internal error", "INTERNAL", HashMap::new())
+}
+
+/// A number past its kind's bound.
+pub fn too_large(field: &'static str, max: i64) -> Status {
+    let metadata = HashMap::from([
+        ("field".to_owned(), field.to_owned()),
+        ("max".to_owned(), max.to_string()),
+    ]);
+    with_info(
+        Code::InvalidArgument,
+        &format!("invalid {field}: must be at most {max}"),
+        Rejection::Overflow.reason(),
+        metadata,
+    )
+}
+
+/// `ListTransactions` asked for a version the account has not reached: no
+/// wait would bring it.
+pub fn version_ahead(account_version: i64, wanted: i64) -> Status {
+    let metadata = HashMap::from([
+        ("account_version".to_owned(), account_version.to_string()),
+        ("min_version".to_owned(), wanted.to_string()),
+    ]);
+    with_info(
+        Code::OutOfRange,
+        &format!("the account is at version {account_version}; min_version {wanted} is beyond it"),
+        "VERSION_AHEAD_OF_ACCOUNT",
+        metadata,
+    )
+}
+
+/// A request body that does not decode as the RPC's message; `detail` is
+/// the decoder's description (it names the field, never quotes the input).
+pub fn malformed(detail: &str, field: Option<&str>) -> Status {
+    let mut metadata = HashMap::new();
+    if let Some(field) = field {
+        metadata.insert("field".to_owned(), field.to_owned());
+    }
+    with_info(
+        Code::InvalidArgument,
+        &format!("the request message is malformed: {detail}"),
+        "MALFORMED_REQUEST",
+        metadata,
+    )
+}
+
+/// A request message larger than the service accepts.
+pub fn request_too_large(limit: usize) -> Status {
+    let metadata = HashMap::from([("max_bytes".to_owned(), limit.to_string())]);
+    with_info(
+        Code::ResourceExhausted,
+        &format!("the request message is larger than {limit} bytes"),
+        "REQUEST_TOO_LARGE",
+        metadata,
+    )
 }
 
 /// A malformed field.
@@ -87,10 +179,11 @@ pub fn lagging(projected: i64, wanted: i64) -> Status {
         ("projected_version".to_owned(), projected.to_string()),
         ("min_version".to_owned(), wanted.to_string()),
     ]);
-    Status::with_error_details(
+    with_info(
         Code::Unavailable,
-        format!("the ledger has reached version {projected}, not yet {wanted}; retry"),
-        ErrorDetails::with_error_info("READ_MODEL_LAGGING", ERROR_DOMAIN, metadata),
+        &format!("the ledger has reached version {projected}, not yet {wanted}; retry"),
+        "READ_MODEL_LAGGING",
+        metadata,
     )
 }
 
@@ -100,9 +193,45 @@ pub fn denied(what: &str, role: crate::auth::Role) -> Status {
         ("rpc_or_account".to_owned(), what.to_owned()),
         ("role".to_owned(), role.as_str().to_owned()),
     ]);
-    Status::with_error_details(
+    with_info(
         Code::PermissionDenied,
-        format!("a {} may not do this", role.as_str()),
-        ErrorDetails::with_error_info("PERMISSION_DENIED", ERROR_DOMAIN, metadata),
+        &format!("a {} may not do this", role.as_str()),
+        "PERMISSION_DENIED",
+        metadata,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_status_echoes_more_than_a_short_prefix() {
+        let long = "Ü".repeat(10_000);
+        let status = rejected(&Rejection::CurrencyMismatch {
+            held: billing_domain::Currency::usd(),
+            requested: long.clone(),
+        });
+        assert!(
+            status.message().len() <= MAX_MESSAGE_BYTES,
+            "{}",
+            status.message()
+        );
+        assert!(status.message().ends_with('…'));
+        let denied = denied(&long, crate::auth::Role::Service);
+        let details = denied.get_error_details();
+        let info = details.error_info().unwrap();
+        assert!(
+            info.metadata
+                .values()
+                .all(|v| v.len() <= MAX_METADATA_BYTES)
+        );
+        assert!(
+            denied.details().len() < 512,
+            "{} bytes",
+            denied.details().len()
+        );
+        assert_eq!(clip("short", 10), "short");
+        assert_eq!(clip("abcdefghij", 6), "abc…");
+    }
 }

@@ -114,6 +114,7 @@ async fn call(
                     reservation_id: rid,
                     additional_units: 1,
                     allow_partial: false,
+                    idempotency_key: unique("extend"),
                 })
                 .await
                 .map(drop)

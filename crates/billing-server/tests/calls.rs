@@ -327,15 +327,23 @@ async fn extend_adds_units_to_a_live_reservation() {
         .await
         .unwrap()
         .into_inner();
-    let extend = |units, partial| pb::ExtendRequest {
+    let extend = |units, partial, key: &str| pb::ExtendRequest {
         reservation_id: "long".into(),
         additional_units: units,
         allow_partial: partial,
+        idempotency_key: key.into(),
     };
-    let more = client.extend(extend(2, false)).await.unwrap().into_inner();
+    let more = client
+        .extend(extend(2, false, "extend-1"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((more.granted_units, more.reserved_credit), (4, 40_000));
     assert!(more.expires_at.unwrap().seconds >= held.expires_at.unwrap().seconds);
-    let err = client.extend(extend(1, false)).await.unwrap_err();
+    let err = client
+        .extend(extend(1, false, "extend-2"))
+        .await
+        .unwrap_err();
     assert_status(&err, Code::FailedPrecondition, "INSUFFICIENT_BALANCE");
     let done = client
         .commit(commit_ms("long", 4 * 60_000))

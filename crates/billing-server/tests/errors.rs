@@ -261,6 +261,7 @@ async fn every_bad_input_gets_its_status_and_changes_nothing() {
         reservation_id: rid.into(),
         additional_units: units,
         allow_partial: false,
+        idempotency_key: format!("extend-{rid}-{units}"),
     };
     check(
         "extend: unknown reservation",

@@ -331,6 +331,32 @@ fn claims(role: Option<&str>, customer_id: Option<&str>, exp_offset: i64) -> ser
     claims
 }
 
+fn now() -> i64 {
+    jsonwebtoken::get_current_timestamp() as i64
+}
+
+fn with(
+    mut claims: serde_json::Value,
+    key: &str,
+    value: impl Into<serde_json::Value>,
+) -> serde_json::Value {
+    claims[key] = value.into();
+    claims
+}
+
+/// A well-signed token whose header names a critical extension.
+fn critical(claims: &serde_json::Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.crit = Some(vec!["urn:example:must-understand".to_owned()]);
+    header.extras.insert("urn:example:must-understand", true);
+    jsonwebtoken::encode(
+        &header,
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
 fn signed(alg: jsonwebtoken::Algorithm, secret: &str, claims: &serde_json::Value) -> String {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(alg),
@@ -396,6 +422,34 @@ async fn forged_expired_and_malformed_tokens_are_unauthenticated_and_change_noth
             ),
         ),
         ("not a JWT", "hello".to_owned()),
+        (
+            "not valid yet (nbf)",
+            signed(
+                hs256,
+                JWT_SECRET,
+                &with(claims(admin, None, 3_600), "nbf", now() + 600),
+            ),
+        ),
+        (
+            "a critical header parameter",
+            critical(&claims(admin, None, 3_600)),
+        ),
+        (
+            "a subject with a NUL",
+            signed(
+                hs256,
+                JWT_SECRET,
+                &with(claims(admin, None, 3_600), "sub", "mal\0lory"),
+            ),
+        ),
+        (
+            "a 10 KB subject",
+            signed(
+                hs256,
+                JWT_SECRET,
+                &with(claims(admin, None, 3_600), "sub", "m".repeat(10_000)),
+            ),
+        ),
     ];
     for (case, token) in cases {
         let mut client = support::connect(app.addr, Some(&token)).await;
@@ -435,6 +489,35 @@ async fn forged_expired_and_malformed_tokens_are_unauthenticated_and_change_noth
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
+
+    // Two authorization headers: a valid one first does not decide.
+    let admin_token = support::token("admin-alice", "project_super_admin", None);
+    for pair in [
+        [admin_token.clone(), "garbage".to_owned()],
+        [admin_token.clone(), admin_token.clone()],
+    ] {
+        let channel = support::channel(app.addr).await;
+        let mut twice = pb::billing_service_client::BillingServiceClient::with_interceptor(
+            channel,
+            move |mut r: tonic::Request<()>| {
+                for token in &pair {
+                    r.metadata_mut()
+                        .append("authorization", format!("Bearer {token}").parse().unwrap());
+                }
+                Ok(r)
+            },
+        );
+        let err = twice
+            .add_balance(pb::AddBalanceRequest {
+                account_id: account.id.clone(),
+                amount_credit: 1_000_000,
+                idempotency_key: unique("twice"),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    }
 
     let events_after = app
         .store

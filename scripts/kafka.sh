@@ -11,9 +11,9 @@ set -euo pipefail
 
 version=0.8.1
 cache=${BILLING_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/billing}
-# Only the storage engines we use: memory (always there) and PostgreSQL.
-features=postgres
-root="$cache/nisshi-$version-$features"
+# Only the storage engines we use: in memory (dynostore) and PostgreSQL.
+features=dynostore,postgres
+root="$cache/nisshi-$version-${features//,/-}"
 bin="$root/bin/nisshi"
 
 die() { echo "kafka.sh: $*" >&2; exit 1; }

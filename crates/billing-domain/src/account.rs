@@ -34,11 +34,16 @@ pub struct Account {
     pub payment_type: String,
     pub payment_method: String,
     /// When the plan's tokens were last granted.
+    #[serde(serialize_with = "crate::timestamp::serialize_opt")]
     pub tm_last_topup: Option<DateTime<Utc>>,
     /// When the next monthly token reset is due; `None` for unmetered plans.
+    #[serde(serialize_with = "crate::timestamp::serialize_opt")]
     pub tm_next_topup: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub tm_create: DateTime<Utc>,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub tm_update: DateTime<Utc>,
+    #[serde(serialize_with = "crate::timestamp::serialize_opt")]
     pub tm_delete: Option<DateTime<Utc>>,
     /// The version of the last event folded in (1 after creation).
     pub version: i64,
@@ -64,7 +69,9 @@ pub struct Hold {
     pub granted_units: i64,
     pub reserved_token: Tokens,
     pub reserved_credit: Micros,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub expires_at: DateTime<Utc>,
 }
 
@@ -224,10 +231,15 @@ pub struct AccountView {
     pub low_balance_threshold: Micros,
     pub payment_type: String,
     pub payment_method: String,
+    #[serde(serialize_with = "crate::timestamp::serialize_opt")]
     pub tm_last_topup: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::timestamp::serialize_opt")]
     pub tm_next_topup: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub tm_create: DateTime<Utc>,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub tm_update: DateTime<Utc>,
+    #[serde(serialize_with = "crate::timestamp::serialize_opt")]
     pub tm_delete: Option<DateTime<Utc>>,
     pub version: i64,
     pub over_limit: bool,
@@ -244,6 +256,7 @@ pub struct ReservationView {
     pub granted_units: i64,
     pub reserved_token: Tokens,
     pub reserved_credit: Micros,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub expires_at: DateTime<Utc>,
     pub account_version: i64,
 }

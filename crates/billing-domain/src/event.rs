@@ -84,6 +84,7 @@ pub struct Reserved {
     pub granted_units: i64,
     pub reserved_token: Tokens,
     pub reserved_credit: Micros,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub expires_at: DateTime<Utc>,
 }
 
@@ -95,6 +96,7 @@ pub struct ReservationExtended {
     pub granted_units: i64,
     pub reserved_token: Tokens,
     pub reserved_credit: Micros,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub expires_at: DateTime<Utc>,
 }
 
@@ -125,6 +127,7 @@ pub struct TokensGranted {
     pub amount: Tokens,
     pub reference_type: ReferenceType,
     /// When the next monthly reset is due after this grant.
+    #[serde(serialize_with = "crate::timestamp::serialize_opt")]
     pub next_topup: Option<DateTime<Utc>>,
 }
 
@@ -137,6 +140,7 @@ pub struct TokensExpired {
 pub struct PlanChanged {
     pub from: PlanType,
     pub to: PlanType,
+    #[serde(serialize_with = "crate::timestamp::serialize_opt")]
     pub next_topup: Option<DateTime<Utc>>,
 }
 

@@ -10,6 +10,7 @@
 //! - [`command`]: commands, outcomes and rejections.
 //! - [`decide`]: `create` and `execute` (decide), and `quote`.
 //! - [`ledger`]: which events move money, for the transaction ledger.
+//! - [`timestamp`]: fast RFC 3339 serialization of stored times.
 
 #![forbid(unsafe_code)]
 
@@ -21,6 +22,7 @@ pub mod event;
 pub mod ledger;
 pub mod money;
 pub mod rates;
+pub mod timestamp;
 
 pub use account::{Account, AccountView, Balances, Hold, ReservationView};
 pub use catalog::*;

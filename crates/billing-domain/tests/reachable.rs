@@ -20,7 +20,7 @@ fn amount() -> impl Strategy<Value = i64> {
         1 => Just(i64::MAX / 2),
         1 => Just(1i64 << 62),
         1 => Just(i64::MAX / 3),
-        1 => (0..i64::MAX),
+        1 => 0..i64::MAX,
     ]
 }
 

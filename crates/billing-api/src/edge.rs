@@ -1,5 +1,6 @@
 //! The transport edge: explicit size limits on messages and metadata, and a
-//! clear status for a request body the framework cannot read.
+//! clear status for a request body the framework cannot read or a request
+//! over a limit.
 //!
 //! tonic answers a body that does not decode (bad protobuf, invalid UTF-8 in
 //! a `string`, a missing message, a bad compressed flag) with INTERNAL, and
@@ -22,23 +23,43 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// The largest response message sent, in bytes (a full page of accounts is
 /// under 400 KiB).
 pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
-/// The most request metadata (all headers, as HTTP/2 counts them) accepted,
-/// in bytes. A request over it is refused alone (HTTP 431, which gRPC
-/// clients report as UNKNOWN) as long as its headers fit in one HTTP/2
-/// frame; see [`MAX_FRAME_BYTES`].
-pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// The most request metadata (headers) accepted, in bytes, counted as
+/// HTTP/2 counts it: name, value and 32 bytes per header. A request over it
+/// is RESOURCE_EXHAUSTED (`METADATA_TOO_LARGE`).
+pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+/// The header list HTTP/2 itself accepts. Between [`MAX_METADATA_BYTES`] and
+/// this, [`Edge`] answers with a gRPC status; above it HTTP/2 refuses the
+/// stream alone (HTTP 431, which gRPC clients report as UNKNOWN); above four
+/// times it HTTP/2 (h2) closes the connection as abuse, failing every call
+/// on it.
+pub const HTTP2_MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 /// The largest HTTP/2 frame accepted. A header block larger than one frame
-/// comes in CONTINUATION frames, and one over the metadata limit that does
-/// makes HTTP/2 close the whole connection (failing every call on it), so
-/// frames are large enough to hold any header block short of abuse.
-pub const MAX_FRAME_BYTES: u32 = 1024 * 1024;
+/// comes in CONTINUATION frames, and one over the header list limit that
+/// does makes HTTP/2 close the connection, so a frame holds any header
+/// block short of abuse.
+pub const MAX_FRAME_BYTES: u32 = 4 * HTTP2_MAX_HEADER_LIST_BYTES;
 
 /// A server transport with the limits above. The binary builds its server
 /// from this.
 pub fn transport() -> tonic::transport::Server {
     tonic::transport::Server::builder()
-        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .http2_max_header_list_size(HTTP2_MAX_HEADER_LIST_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
+}
+
+/// The size of request metadata as HTTP/2 counts it (RFC 9113, 6.5.2).
+pub fn metadata_bytes(request: &http::Request<Body>) -> usize {
+    let pseudo = request.method().as_str().len()
+        + request.uri().path().len()
+        + request.uri().scheme_str().map_or(0, str::len)
+        + request.uri().authority().map_or(0, |a| a.as_str().len())
+        + 4 * 32;
+    request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum::<usize>()
+        + pseudo
 }
 
 /// A gRPC service whose framework-raised request errors are refined.
@@ -73,6 +94,12 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let metadata = metadata_bytes(&request);
+        if metadata > MAX_METADATA_BYTES {
+            tracing::info!(metadata, "request metadata over the limit refused");
+            let status = crate::status::metadata_too_large(MAX_METADATA_BYTES);
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
         let response = self.inner.call(request);
         Box::pin(async move { response.await.map(refine) })
     }

@@ -157,6 +157,17 @@ pub fn malformed(detail: &str, field: Option<&str>) -> Status {
     )
 }
 
+/// Request metadata (headers) larger than the service accepts.
+pub fn metadata_too_large(limit: usize) -> Status {
+    let metadata = HashMap::from([("max_bytes".to_owned(), limit.to_string())]);
+    with_info(
+        Code::ResourceExhausted,
+        &format!("the request metadata is larger than {limit} bytes"),
+        "METADATA_TOO_LARGE",
+        metadata,
+    )
+}
+
 /// A request message larger than the service accepts.
 pub fn request_too_large(limit: usize) -> Status {
     let metadata = HashMap::from([("max_bytes".to_owned(), limit.to_string())]);

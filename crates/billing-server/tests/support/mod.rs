@@ -216,3 +216,88 @@ pub fn commit_ms(id: &str, ms: i64) -> pb::CommitRequest {
         used_quantity: 0,
     }
 }
+
+/// Passes request and response messages through as raw bytes, so a test can
+/// send what no protobuf encoder would.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Self;
+    type Decoder = Self;
+
+    fn encoder(&mut self) -> Self {
+        *self
+    }
+
+    fn decoder(&mut self) -> Self {
+        *self
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Status> {
+        prost::bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        use prost::bytes::Buf as _;
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+/// The path of a billing RPC.
+pub fn rpc_path(method: &str) -> tonic::codegen::http::uri::PathAndQuery {
+    format!("/billing.v1.BillingService/{method}")
+        .parse()
+        .expect("a path")
+}
+
+/// A super admin's request carrying `message`.
+pub fn admin_request<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    let value = format!(
+        "Bearer {}",
+        token("admin-alice", "project_super_admin", None)
+    );
+    request
+        .metadata_mut()
+        .insert("authorization", value.parse().expect("an ASCII token"));
+    request
+}
+
+/// Sends `body` as the request message of `method` (e.g. "Reserve"), as a
+/// super admin, on `channel`.
+pub async fn raw_call(channel: Channel, method: &str, body: Vec<u8>) -> Result<Vec<u8>, Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    grpc.unary(admin_request(body), rpc_path(method), RawCodec)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// A channel (one HTTP/2 connection) to `addr`.
+pub async fn channel(addr: impl std::fmt::Display) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect")
+}

@@ -203,17 +203,7 @@ impl Authenticator {
             .ok_or(Unauthenticated(
                 "the authorization header is not a bearer token",
             ))?;
-        let token = token.trim();
-        // RFC 7515 4.1.11: a token naming critical extensions the recipient
-        // does not understand is invalid, and we understand none.
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| Unauthenticated("the token is malformed"))?;
-        if header.crit.is_some() {
-            return Err(Unauthenticated(
-                "the token names critical header parameters this service does not understand",
-            ));
-        }
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+        let token = jsonwebtoken::decode::<Claims>(token.trim(), &self.key, &self.validation)
             .map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind;
                 Unauthenticated(match e.kind() {
@@ -226,8 +216,15 @@ impl Authenticator {
                     ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim",
                     _ => "the token is malformed",
                 })
-            })?
-            .claims;
+            })?;
+        // RFC 7515 4.1.11: a token naming critical extensions the recipient
+        // does not understand is invalid, and we understand none.
+        if token.header.crit.is_some() {
+            return Err(Unauthenticated(
+                "the token names critical header parameters this service does not understand",
+            ));
+        }
+        let claims = token.claims;
         let role = claims
             .role
             .as_deref()

@@ -162,7 +162,7 @@ async fn serve_api(
         .context("building the reflection service")?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "gRPC API listening");
-    tonic::transport::Server::builder()
+    billing_api::edge::transport()
         .add_service(health_service)
         .add_service(reflection)
         // Health and reflection stay open; every billing RPC is authenticated.

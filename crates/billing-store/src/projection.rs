@@ -183,16 +183,22 @@ impl Store {
 
     /// How far checkpoint `name` is behind the feed.
     pub async fn feed_lag(&self, name: &str) -> Result<Lag, StoreError> {
-        let client = self.pool.get().await?;
-        let row = client
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        // The events after a checkpoint are a range of the feed index; without
+        // statistics the planner guesses a third of the table and reads all of
+        // it (3.6 ms a call at 100,000 events, while measuring a benchmark).
+        tx.batch_execute("SET LOCAL enable_seqscan = off").await?;
+        let row = tx
             .query_one(
                 "SELECT count(*), extract(epoch FROM (now() - min(e.occurred_at)))::float8
-                 FROM feed_checkpoints c
-                 JOIN events e ON (e.xid, e.position) > (c.xid, c.position)
-                 WHERE c.name = $1",
+                 FROM events e
+                 WHERE (e.xid, e.position) >
+                       (SELECT c.xid, c.position FROM feed_checkpoints c WHERE c.name = $1)",
                 &[&name],
             )
             .await?;
+        tx.commit().await?;
         Ok(Lag {
             events: row.get(0),
             seconds: row.get::<_, Option<f64>>(1).unwrap_or(0.0).max(0.0),

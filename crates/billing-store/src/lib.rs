@@ -80,9 +80,11 @@ pub struct RequestMeta {
 /// The time source; tests may pin it.
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
-/// Group-commit writers a store starts unless told otherwise: enough that
-/// one batch is decided while another waits for its fsync.
-pub const DEFAULT_WRITERS: usize = 4;
+/// Group-commit writers a store starts unless told otherwise. One makes the
+/// largest batches, so the least PostgreSQL work per change: on two cores it
+/// beat two and four writers at every load `make bench` runs (BENCHMARKS.md).
+/// More cores may want more.
+pub const DEFAULT_WRITERS: usize = 1;
 
 /// `clock`'s time to the microsecond.
 fn micros(clock: &Clock) -> DateTime<Utc> {

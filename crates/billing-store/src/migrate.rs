@@ -27,6 +27,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0004_group_commit",
         include_str!("../../../migrations/0004_group_commit.sql"),
     ),
+    (
+        5,
+        "0005_json_documents",
+        include_str!("../../../migrations/0005_json_documents.sql"),
+    ),
 ];
 
 /// Serializes concurrent migrators (several replicas starting at once).

@@ -516,7 +516,7 @@ async fn write_accounts<'a>(
         "INSERT INTO rm_accounts (account_id, customer_id, version, state, balance_credit, balance_token,
                                   reserved_credit, reserved_token, available_credit, available_token,
                                   tm_create, tm_update)
-         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::jsonb[], $5::bigint[], $6::bigint[],
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::json[], $5::bigint[], $6::bigint[],
                               $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],
                               $11::timestamptz[], $12::timestamptz[])
          ON CONFLICT (account_id) DO UPDATE SET

@@ -15,7 +15,7 @@ impl Store {
         let row = client
             .query_opt(
                 "SELECT a.state,
-                        (SELECT coalesce(jsonb_agg(r.hold), '[]'::jsonb) FROM reservations r
+                        (SELECT coalesce(json_agg(r.hold), '[]'::json) FROM reservations r
                          WHERE r.account_id = a.account_id AND r.status = 'active')
                  FROM accounts a WHERE a.account_id = $1",
                 &[&id],

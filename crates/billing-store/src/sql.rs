@@ -15,7 +15,7 @@ pub(crate) const LOAD_ACCOUNTS: &str = "
 SELECT w.account_id, a.version,
        CASE WHEN a.version IS DISTINCT FROM w.cached THEN a.state END,
        CASE WHEN a.version IS DISTINCT FROM w.cached THEN
-           (SELECT coalesce(jsonb_agg(r.hold), '[]'::jsonb) FROM reservations r
+           (SELECT coalesce(json_agg(r.hold), '[]'::json) FROM reservations r
             WHERE r.account_id = a.account_id AND r.status = 'active')
        END
 FROM unnest($1::uuid[], $2::bigint[]) AS w(account_id, cached)
@@ -32,7 +32,7 @@ FROM reservations WHERE reservation_id = ANY($1::text[])";
 pub(crate) const INSERT_ACCOUNTS: &str = "
 INSERT INTO accounts (account_id, customer_id, version, state, next_topup, created_at, updated_at)
 SELECT a.id, a.customer, a.version, a.state, a.next_topup, a.at, a.at
-FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::jsonb[], $5::timestamptz[], $6::timestamptz[])
+FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::json[], $5::timestamptz[], $6::timestamptz[])
      AS a(id, customer, version, state, next_topup, at)";
 
 /// Fenced by the version each account was decided from; a row that moved
@@ -41,7 +41,7 @@ pub(crate) const UPDATE_ACCOUNTS: &str = "
 WITH changed AS (
     UPDATE accounts a
     SET state = w.state, version = w.version, next_topup = w.next_topup, updated_at = w.at
-    FROM unnest($1::uuid[], $2::jsonb[], $3::bigint[], $4::timestamptz[], $5::timestamptz[], $6::bigint[])
+    FROM unnest($1::uuid[], $2::json[], $3::bigint[], $4::timestamptz[], $5::timestamptz[], $6::bigint[])
          AS w(id, state, version, next_topup, at, expected)
     WHERE a.account_id = w.id AND a.version = w.expected
     RETURNING 1
@@ -58,8 +58,8 @@ INSERT INTO events (event_id, account_id, version, event_type, schema_version, o
 SELECT e.id, e.account_id, e.version, e.kind, $1, e.occurred, e.principal, e.role, e.key, e.trace,
        e.payload, e.bc, e.bt, e.rc, e.rt, e.ac, e.avt, e.account_after
 FROM unnest($2::uuid[], $3::uuid[], $4::bigint[], $5::text[], $6::timestamptz[], $7::text[],
-            $8::text[], $9::text[], $10::text[], $11::jsonb[], $12::bigint[], $13::bigint[],
-            $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::jsonb[])
+            $8::text[], $9::text[], $10::text[], $11::json[], $12::bigint[], $13::bigint[],
+            $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::json[])
      WITH ORDINALITY
      AS e(id, account_id, version, kind, occurred, principal, role, key, trace, payload,
           bc, bt, rc, rt, ac, avt, account_after, n)
@@ -70,8 +70,8 @@ ORDER BY e.n";
 pub(crate) const INSERT_RESERVATIONS: &str = "
 INSERT INTO reservations (reservation_id, account_id, status, hold, expires_at,
                           commit_outcome, resolved_version, updated_at)
-SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::jsonb[], $5::timestamptz[],
-                     $6::jsonb[], $7::bigint[], $8::timestamptz[])";
+SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::json[], $5::timestamptz[],
+                     $6::json[], $7::bigint[], $8::timestamptz[])";
 
 pub(crate) const UPDATE_RESERVATIONS: &str = "
 WITH changed AS (
@@ -79,8 +79,8 @@ WITH changed AS (
     SET status = w.status, hold = w.hold, expires_at = w.expires_at,
         commit_outcome = w.commit_outcome, resolved_version = w.resolved_version,
         updated_at = w.at
-    FROM unnest($1::text[], $2::uuid[], $3::text[], $4::jsonb[], $5::timestamptz[],
-                $6::jsonb[], $7::bigint[], $8::timestamptz[])
+    FROM unnest($1::text[], $2::uuid[], $3::text[], $4::json[], $5::timestamptz[],
+                $6::json[], $7::bigint[], $8::timestamptz[])
          AS w(id, account_id, status, hold, expires_at, commit_outcome, resolved_version, at)
     WHERE r.reservation_id = w.id AND r.account_id = w.account_id
     RETURNING 1
@@ -91,4 +91,4 @@ SELECT billing_expect_rows('reservations', cardinality($1::text[]), count(*)) FR
 /// unique violation: the batch is retried and then replays that first answer.
 pub(crate) const INSERT_KEYS: &str = "
 INSERT INTO idempotency_keys (idempotency_key, operation, request_hash, account_id, outcome, created_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::uuid[], $5::jsonb[], $6::timestamptz[])";
+SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::uuid[], $5::json[], $6::timestamptz[])";

@@ -178,12 +178,27 @@ async fn a_database_error_in_the_middle_of_a_batch_fails_that_command_alone() {
     let db = TestDb::new().await;
     let store = one_writer(&db);
     let id = account_with(&store, 10_000_000).await;
-    // PostgreSQL cannot store a NUL character in jsonb: the event insert of
-    // command 15 fails inside the batch's transaction.
+    // A trigger in this test's database fails the insert of one event, as a
+    // constraint or a full disk would, inside the batch's transaction.
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.payload::text LIKE '%\"poison\"%' THEN
+                     RAISE EXCEPTION 'a poisoned event';
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER poison BEFORE INSERT ON events
+                 FOR EACH ROW EXECUTE FUNCTION poison();",
+        )
+        .await
+        .unwrap();
     let commands = (0..30)
         .map(|n| {
             let reference = if n == 15 {
-                "bad\0ref".to_owned()
+                "poison".to_owned()
             } else {
                 format!("msg-{n}")
             };

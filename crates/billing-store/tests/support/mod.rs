@@ -50,7 +50,7 @@ pub async fn insert_raw_event(
             "INSERT INTO events (event_id, account_id, version, event_type, schema_version, occurred_at,
                                  actor_principal, actor_role, payload, balance_credit, balance_token,
                                  reserved_credit, reserved_token, available_credit, available_token)
-             VALUES ($1, $2, $3, $4, 1, now(), 'test', 'test', $5::text::jsonb, $6, 0, 0, 0, $6, 0)",
+             VALUES ($1, $2, $3, $4, 1, now(), 'test', 'test', $5::text::json, $6, 0, 0, 0, $6, 0)",
             &[&Uuid::new_v4(), &account_id, &version, &event_type, &payload, &credit],
         )
         .await

@@ -204,7 +204,7 @@ pub struct LagReport {
 }
 
 /// Samples the lag of the projector's and the publisher's checkpoints every
-/// 100 ms until `end`.
+/// 250 ms until `end`.
 pub async fn sample_lag(
     database_url: String,
     end: Instant,
@@ -217,7 +217,7 @@ pub async fn sample_lag(
     ];
     let mut events: Vec<Histogram<u64>> = readers.iter().map(|_| histogram()).collect();
     let mut ms: Vec<Histogram<u64>> = readers.iter().map(|_| histogram()).collect();
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
     while Instant::now() < end {
         tick.tick().await;
         for (n, (_, checkpoint)) in readers.iter().enumerate() {

@@ -234,7 +234,6 @@ async fn publish(
             messages.push((&config.alerts_topic, message::alert(event, alert)));
         }
         for (topic, m) in messages {
-            let payload = m.payload.to_string();
             let mut headers = OwnedHeaders::new();
             for (key, value) in &m.headers {
                 headers = headers.insert(Header {
@@ -244,7 +243,7 @@ async fn publish(
             }
             let record = FutureRecord::to(topic)
                 .key(&m.key)
-                .payload(&payload)
+                .payload(&m.payload)
                 .headers(headers);
             let delivery = producer.send_result(record).map_err(|(error, _)| error)?;
             deliveries.push(delivery);

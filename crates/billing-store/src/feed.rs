@@ -9,6 +9,7 @@
 use billing_domain::{AccountView, Balances, Event, Micros, Tokens};
 use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
+use tokio_postgres::types::Json;
 use uuid::Uuid;
 
 use crate::{Actor, Store, StoreError};
@@ -79,7 +80,8 @@ impl StoredEvent {
             },
             idempotency_key: row.get(10),
             trace_id: row.get(11),
-            event: serde_json::from_value(row.get(12))?,
+            // Parsed straight into the types: no `Value` tree in between.
+            event: row.try_get::<_, Json<Event>>(12)?.0,
             balances: Balances {
                 balance_credit: Micros(row.get(13)),
                 balance_token: Tokens(row.get(14)),
@@ -89,9 +91,8 @@ impl StoredEvent {
                 available_token: Tokens(row.get(18)),
             },
             account_after: row
-                .get::<_, Option<serde_json::Value>>(19)
-                .map(serde_json::from_value)
-                .transpose()?,
+                .try_get::<_, Option<Json<AccountView>>>(19)?
+                .map(|Json(view)| view),
         })
     }
 }

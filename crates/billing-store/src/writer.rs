@@ -463,7 +463,7 @@ async fn write(connection: &Connection, writes: &Writes) -> Result<(), Failed> {
     let created_ids: Vec<Uuid> = created.iter().map(|r| r.account.id).collect();
     let created_customers: Vec<Uuid> = created.iter().map(|r| r.account.customer_id).collect();
     let created_versions: Vec<i64> = created.iter().map(|r| r.account.version).collect();
-    let created_states: Vec<Json<&Account>> = created.iter().map(|r| Json(&r.account)).collect();
+    let created_states = documents(created.iter().map(|r| &r.account))?;
     let created_topups: Vec<_> = created.iter().map(|r| r.account.tm_next_topup).collect();
     let created_at: Vec<_> = created.iter().map(|r| r.updated_at).collect();
 
@@ -473,8 +473,7 @@ async fn write(connection: &Connection, writes: &Writes) -> Result<(), Failed> {
         .filter_map(|r| r.expected_version.map(|v| (r, v)))
         .collect();
     let updated_ids: Vec<Uuid> = updated.iter().map(|(r, _)| r.account.id).collect();
-    let updated_states: Vec<Json<&Account>> =
-        updated.iter().map(|(r, _)| Json(&r.account)).collect();
+    let updated_states = documents(updated.iter().map(|(r, _)| &r.account))?;
     let updated_versions: Vec<i64> = updated.iter().map(|(r, _)| r.account.version).collect();
     let updated_topups: Vec<_> = updated
         .iter()
@@ -493,7 +492,7 @@ async fn write(connection: &Connection, writes: &Writes) -> Result<(), Failed> {
     let roles: Vec<&str> = e.iter().map(|r| r.role.as_str()).collect();
     let event_keys: Vec<Option<&str>> = e.iter().map(|r| r.idempotency_key.as_deref()).collect();
     let traces: Vec<Option<&str>> = e.iter().map(|r| r.trace_id.as_deref()).collect();
-    let payloads: Vec<Json<&billing_domain::Event>> = e.iter().map(|r| Json(&r.event)).collect();
+    let payloads = documents(e.iter().map(|r| &r.event))?;
     let column = |f: fn(&billing_domain::Balances) -> i64| -> Vec<i64> {
         e.iter().map(|r| f(&r.balances)).collect()
     };
@@ -503,41 +502,40 @@ async fn write(connection: &Connection, writes: &Writes) -> Result<(), Failed> {
     let reserved_token = column(|b| b.reserved_token.get());
     let available_credit = column(|b| b.available_credit.get());
     let available_token = column(|b| b.available_token.get());
-    let accounts_after: Vec<Json<&billing_domain::AccountView>> =
-        e.iter().map(|r| Json(&r.account_after)).collect();
+    let accounts_after = documents(e.iter().map(|r| &r.account_after))?;
 
-    let reservation_columns = |new: bool| {
+    let reservation_columns = |new: bool| -> Result<ReservationColumns<'_>, StoreError> {
         let rows: Vec<_> = writes
             .reservations
             .iter()
             .filter(|r| r.new == new)
             .collect();
-        ReservationColumns {
+        Ok(ReservationColumns {
             ids: rows
                 .iter()
                 .map(|r| r.hold.reservation_id.as_str())
                 .collect(),
             accounts: rows.iter().map(|r| r.account_id).collect(),
             statuses: rows.iter().map(|r| r.status.as_str()).collect(),
-            holds: rows.iter().map(|r| Json(&r.hold)).collect(),
+            holds: documents(rows.iter().map(|r| &r.hold))?,
             expires_at: rows.iter().map(|r| r.hold.expires_at).collect(),
             commits: rows
                 .iter()
-                .map(|r| r.commit_outcome.as_ref().map(Json))
-                .collect(),
+                .map(|r| r.commit_outcome.as_ref().map(Document::of).transpose())
+                .collect::<Result<_, _>>()?,
             resolved: rows.iter().map(|r| r.resolved_version).collect(),
             updated_at: rows.iter().map(|r| r.updated_at).collect(),
-        }
+        })
     };
-    let new_reservations = reservation_columns(true);
-    let changed_reservations = reservation_columns(false);
+    let new_reservations = reservation_columns(true)?;
+    let changed_reservations = reservation_columns(false)?;
 
     let k = &writes.keys;
     let keys: Vec<&str> = k.iter().map(|r| r.key.as_str()).collect();
     let operations: Vec<&str> = k.iter().map(|r| r.operation).collect();
     let hashes: Vec<&[u8]> = k.iter().map(|r| r.request_hash.as_slice()).collect();
     let key_accounts: Vec<Uuid> = k.iter().map(|r| r.account_id).collect();
-    let outcomes: Vec<Json<&Outcome>> = k.iter().map(|r| Json(&r.outcome)).collect();
+    let outcomes = documents(k.iter().map(|r| &r.outcome))?;
     let key_times: Vec<_> = k.iter().map(|r| r.created_at).collect();
 
     let mut steps: Vec<Step<'_>> = Vec::new();
@@ -639,13 +637,45 @@ async fn write(connection: &Connection, writes: &Writes) -> Result<(), Failed> {
     Ok(())
 }
 
+/// A document serialized up front and sent as the `json` type's text (its
+/// binary form). `Json<T>` serializes into the statement's buffer a few
+/// bytes at a time, which cost more than the serializing itself.
+#[derive(Debug)]
+struct Document(Vec<u8>);
+
+impl Document {
+    fn of(value: &impl serde::Serialize) -> Result<Self, StoreError> {
+        Ok(Self(serde_json::to_vec(value)?))
+    }
+}
+
+impl ToSql for Document {
+    fn to_sql(
+        &self,
+        _: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(&self.0);
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    tokio_postgres::types::accepts!(JSON);
+    tokio_postgres::types::to_sql_checked!();
+}
+
+fn documents<'a, T: serde::Serialize + 'a>(
+    values: impl Iterator<Item = &'a T>,
+) -> Result<Vec<Document>, StoreError> {
+    values.map(Document::of).collect()
+}
+
 struct ReservationColumns<'a> {
     ids: Vec<&'a str>,
     accounts: Vec<Uuid>,
     statuses: Vec<&'static str>,
-    holds: Vec<Json<&'a Hold>>,
+    holds: Vec<Document>,
     expires_at: Vec<chrono::DateTime<chrono::Utc>>,
-    commits: Vec<Option<Json<&'a billing_domain::CommitOutcome>>>,
+    commits: Vec<Option<Document>>,
     resolved: Vec<Option<i64>>,
     updated_at: Vec<chrono::DateTime<chrono::Utc>>,
 }

@@ -57,7 +57,7 @@ impl PublisherConfig {
             alerts_topic: "billing.balance_alerts.v1".to_owned(),
             partitions: 3,
             replication_factor: 1,
-            batch: 500,
+            batch: 2_000,
             message_timeout_ms: 120_000,
         }
     }

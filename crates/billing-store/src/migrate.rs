@@ -32,6 +32,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0005_json_documents",
         include_str!("../../../migrations/0005_json_documents.sql"),
     ),
+    (
+        6,
+        "0006_reservations_without_fk",
+        include_str!("../../../migrations/0006_reservations_without_fk.sql"),
+    ),
 ];
 
 /// Serializes concurrent migrators (several replicas starting at once).

@@ -37,6 +37,17 @@ impl Work {
         }
     }
 
+    /// Whether the command is a reserve (which may name a new reservation).
+    pub(crate) fn is_reserve(&self) -> bool {
+        matches!(
+            self,
+            Self::Execute {
+                cmd: Command::Reserve(_),
+                ..
+            }
+        )
+    }
+
     pub(crate) fn reservation_id(&self) -> Option<&str> {
         match self {
             Self::Create { .. } => None,

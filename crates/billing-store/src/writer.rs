@@ -301,6 +301,28 @@ impl Writer {
         reservation_ids.sort_unstable();
         reservation_ids.dedup();
 
+        // The fast path: every account is cached, and every reservation a
+        // command names is a live hold of its cached account or a new one.
+        // Nothing needs reading then: the batch is decided on the cached
+        // copies and sent in one round trip (BEGIN, the locks, a fence on the
+        // versions decided from, the writes, COMMIT). A stale copy fails the
+        // fence, and a key or reservation id used before fails its insert;
+        // either aborts the transaction (its COMMIT rolls back), the batch's
+        // accounts leave the cache, and the batch runs again the long way.
+        let fast = ids.iter().all(|id| self.cache.contains(id))
+            && jobs.iter().all(|j| match j.work.reservation_id() {
+                None => true,
+                Some(_) if j.work.is_reserve() => true,
+                Some(id) => j
+                    .work
+                    .account_id()
+                    .and_then(|a| self.cache.peek(&a))
+                    .is_some_and(|a| a.holds.contains_key(id)),
+            });
+        if fast {
+            return self.fast(jobs, now, &ids, &lock_keys, &cached).await;
+        }
+
         self.connect().await?;
         let Some(connection) = self.connection.as_ref() else {
             return Err(StoreError::Unavailable("no connection".into()).into());
@@ -399,7 +421,46 @@ impl Writer {
             now,
             &self.shared.rates,
         );
-        write(connection, &decided.writes).await?;
+        write(connection, &decided.writes, None).await?;
+        Ok(self.finish(decided))
+    }
+
+    /// The fast path (see `attempt`): decided on the cached accounts, written
+    /// in one round trip behind the locks and a fence on their versions.
+    async fn fast(
+        &mut self,
+        jobs: &[Job],
+        now: chrono::DateTime<chrono::Utc>,
+        ids: &[Uuid],
+        lock_keys: &[i64],
+        versions: &[i64],
+    ) -> Result<Vec<Result<Answer, StoreError>>, Failed> {
+        self.connect().await?;
+        let mut loaded = Loaded::default();
+        for id in ids {
+            loaded.accounts.insert(*id, self.cache.pop(id));
+        }
+        let decided = batch::decide(
+            jobs.iter().map(|j| (&j.work, &j.meta)),
+            loaded,
+            now,
+            &self.shared.rates,
+        );
+        let Some(connection) = self.connection.as_ref() else {
+            return Err(StoreError::Unavailable("no connection".into()).into());
+        };
+        let fence = Fence {
+            lock_keys,
+            ids,
+            versions,
+        };
+        write(connection, &decided.writes, Some(&fence)).await?;
+        Ok(self.finish(decided))
+    }
+
+    /// Keeps what a committed batch leaves: its accounts, and where its new
+    /// reservations live.
+    fn finish(&mut self, decided: Decided) -> Vec<Result<Answer, StoreError>> {
         let Decided {
             answers,
             accounts,
@@ -412,8 +473,16 @@ impl Writer {
         for (reservation_id, account_id) in new_reservations {
             self.shared.routes.insert(reservation_id, account_id);
         }
-        Ok(answers)
+        answers
     }
+}
+
+/// What the fast path sends ahead of its writes: the accounts' locks and the
+/// versions it decided from.
+struct Fence<'a> {
+    lock_keys: &'a [i64],
+    ids: &'a [Uuid],
+    versions: &'a [i64],
 }
 
 fn reservation_from_row(row: &Row) -> Result<(String, ResolvedReservation), StoreError> {
@@ -451,7 +520,14 @@ fn query<'a>(client: &'a Client, statement: &'a Statement, params: Vec<Param<'a>
 /// The batch's writes and its COMMIT, pipelined. Every write either does
 /// exactly what it says or fails (counts are asserted in SQL), and a failed
 /// statement aborts the transaction, so the pipelined COMMIT then rolls back.
-async fn write(connection: &Connection, writes: &Writes) -> Result<(), Failed> {
+///
+/// With a `fence` (the fast path), BEGIN, the locks and the fence go first,
+/// in the same pipeline.
+async fn write(
+    connection: &Connection,
+    writes: &Writes,
+    fence: Option<&Fence<'_>>,
+) -> Result<(), Failed> {
     let client = &connection.client;
     let s = &connection.statements;
 
@@ -539,6 +615,16 @@ async fn write(connection: &Connection, writes: &Writes) -> Result<(), Failed> {
     let key_times: Vec<_> = k.iter().map(|r| r.created_at).collect();
 
     let mut steps: Vec<Step<'_>> = Vec::new();
+    if let Some(fence) = fence {
+        steps.push(Box::pin(async {
+            client.batch_execute("BEGIN").await?;
+            Ok(Vec::new())
+        }));
+        if !fence.lock_keys.is_empty() {
+            steps.push(query(client, &s.lock, vec![&fence.lock_keys]));
+            steps.push(query(client, &s.fence, vec![&fence.ids, &fence.versions]));
+        }
+    }
     if !created.is_empty() {
         steps.push(query(
             client,
@@ -703,6 +789,7 @@ struct Connection {
 
 struct Statements {
     lock: Statement,
+    fence: Statement,
     load_accounts: Statement,
     load_keys: Statement,
     load_reservations: Statement,
@@ -739,6 +826,7 @@ impl Connection {
             .await?;
         let (
             lock,
+            fence,
             load_accounts,
             load_keys,
             load_reservations,
@@ -750,6 +838,7 @@ impl Connection {
             insert_keys,
         ) = futures::try_join!(
             client.prepare(sql::LOCK),
+            client.prepare(sql::FENCE),
             client.prepare(sql::LOAD_ACCOUNTS),
             client.prepare(sql::LOAD_KEYS),
             client.prepare(sql::LOAD_RESERVATIONS),
@@ -762,6 +851,7 @@ impl Connection {
         )?;
         let statements = Statements {
             lock,
+            fence,
             load_accounts,
             load_keys,
             load_reservations,

@@ -301,3 +301,47 @@ async fn two_replicas_hammering_one_account_lose_no_update_and_never_cross_the_l
     }
     assert_eq!(fed, versions, "feed order is version order");
 }
+
+#[tokio::test]
+async fn a_replica_never_acts_on_its_stale_copy_of_an_account_not_even_to_refuse() {
+    let db = TestDb::new().await;
+    let a = one_writer(&db);
+    let b = one_writer(&db);
+    // Made through `a`, so `a` keeps a copy: no credit at all.
+    let id = account_with(&a, 0).await;
+    b.execute(id, &meta(None, b""), &add(10_000))
+        .await
+        .unwrap()
+        .unwrap();
+    // On its stale copy `a` would refuse this for want of credit.
+    let answer = a.execute(id, &meta(None, b""), &sms("m-1")).await.unwrap();
+    assert!(answer.is_ok(), "decided on the stored account: {answer:?}");
+    // And the other way: `b` spends what `a`'s copy still shows.
+    b.execute(id, &meta(None, b""), &add(10_000))
+        .await
+        .unwrap()
+        .unwrap();
+    let spend = Command::SubtractBalance(BalanceChange {
+        amount_credit: Micros(10_000),
+        amount_token: Tokens(0),
+        reference_type: ReferenceType::ManualAdjustment,
+        reference_id: String::new(),
+        note: String::new(),
+    });
+    a.execute(id, &meta(None, b""), &add(1))
+        .await
+        .unwrap()
+        .unwrap();
+    b.execute(id, &meta(None, b""), &spend)
+        .await
+        .unwrap()
+        .unwrap();
+    // `a`'s copy shows 10,001 micros; the account holds 1.
+    let answer = a.execute(id, &meta(None, b""), &sms("m-2")).await.unwrap();
+    assert!(
+        matches!(answer, Err(Rejection::InsufficientBalance { .. })),
+        "{answer:?}"
+    );
+    let account = a.account(id).await.unwrap().unwrap();
+    assert_eq!(account.balance_credit, Micros(1));
+}

@@ -195,7 +195,9 @@ impl Writer {
         loop {
             attempt += 1;
             let fresh = self.connection.is_none();
-            let failed = match self.attempt(jobs).await {
+            // Only a first try may take the fast path: a retry reads
+            // everything (the key, reservation or version that failed it).
+            let failed = match self.attempt(jobs, attempt == 1 && !reconnected).await {
                 Ok(answers) => return answers,
                 Err(failed) => failed,
             };
@@ -265,7 +267,11 @@ impl Writer {
     }
 
     /// One try at the whole batch: an answer per job once it has committed.
-    async fn attempt(&mut self, jobs: &[Job]) -> Result<Vec<Result<Answer, StoreError>>, Failed> {
+    async fn attempt(
+        &mut self,
+        jobs: &[Job],
+        may_be_fast: bool,
+    ) -> Result<Vec<Result<Answer, StoreError>>, Failed> {
         let now = crate::micros(&self.shared.clock);
         let mut ids: Vec<Uuid> = jobs.iter().filter_map(|j| j.work.account_id()).collect();
         ids.sort_unstable();
@@ -309,7 +315,8 @@ impl Writer {
         // fence, and a key or reservation id used before fails its insert;
         // either aborts the transaction (its COMMIT rolls back), the batch's
         // accounts leave the cache, and the batch runs again the long way.
-        let fast = ids.iter().all(|id| self.cache.contains(id))
+        let fast = may_be_fast
+            && ids.iter().all(|id| self.cache.contains(id))
             && jobs.iter().all(|j| match j.work.reservation_id() {
                 None => true,
                 Some(_) if j.work.is_reserve() => true,

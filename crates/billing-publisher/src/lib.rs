@@ -63,6 +63,10 @@ impl PublisherConfig {
     }
 }
 
+/// librdkafka's first and longest wait before reconnecting to a broker.
+const RECONNECT_BACKOFF_MS: &str = "100";
+const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
+
 /// How long to wait before trying again after a failure.
 const BACKOFF: Duration = Duration::from_millis(500);
 /// How long to wait after a notification, so a burst shares one batch.
@@ -103,6 +107,10 @@ fn producer(config: &PublisherConfig) -> Result<FutureProducer, KafkaError> {
         .set("acks", "all")
         .set("message.timeout.ms", config.message_timeout_ms.to_string())
         .set("linger.ms", "5")
+        // After a broker outage, reconnect within a second of its return
+        // (librdkafka's default backoff grows to 10 s).
+        .set("reconnect.backoff.ms", RECONNECT_BACKOFF_MS)
+        .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS)
         .create()
 }
 

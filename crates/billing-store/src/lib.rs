@@ -23,6 +23,7 @@ mod command;
 mod error;
 mod feed;
 mod migrate;
+mod pipeline;
 mod projection;
 mod read;
 mod sql;

@@ -1,0 +1,426 @@
+//! A batch's conversation with PostgreSQL: a writer's own connection and its
+//! prepared statements, statements as pipeline steps (sent in order, in one
+//! round trip), and the batch's set-based writes pipelined with `COMMIT`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use billing_domain::{Hold, ResolvedReservation};
+use futures::TryStreamExt;
+use tokio_postgres::types::{Json, ToSql};
+use tokio_postgres::{Client, NoTls, Row, Statement};
+use uuid::Uuid;
+
+use crate::batch::Writes;
+use crate::{StoreError, sql};
+
+/// Why an attempt failed, and whether its COMMIT had been sent (then its
+/// outcome is unknown and it must not be retried blindly).
+pub(crate) struct Failed {
+    pub(crate) error: StoreError,
+    pub(crate) commit_sent: bool,
+}
+
+impl<E: Into<StoreError>> From<E> for Failed {
+    fn from(error: E) -> Self {
+        Self {
+            error: error.into(),
+            commit_sent: false,
+        }
+    }
+}
+
+/// What the fast path sends ahead of its writes: the accounts' locks and the
+/// versions it decided from.
+pub(crate) struct Fence<'a> {
+    pub(crate) lock_keys: &'a [i64],
+    pub(crate) ids: &'a [Uuid],
+    pub(crate) versions: &'a [i64],
+}
+
+pub(crate) fn reservation_from_row(row: &Row) -> Result<(String, ResolvedReservation), StoreError> {
+    let status: &str = row.try_get(2)?;
+    let Json(hold): Json<Hold> = row.try_get(1)?;
+    let commit: Option<Json<billing_domain::CommitOutcome>> = row.try_get(3)?;
+    Ok((
+        row.try_get(0)?,
+        ResolvedReservation {
+            hold,
+            status: status
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("reservation status `{status}`")))?,
+            commit: commit.map(|Json(c)| c),
+            account_version: row.try_get(4)?,
+        },
+    ))
+}
+
+pub(crate) type Step<'a> =
+    Pin<Box<dyn Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send + 'a>>;
+pub(crate) type Param<'a> = &'a (dyn ToSql + Sync);
+
+/// A statement as a pipeline step: it is sent when first polled, so steps
+/// polled in order (`join_all`) reach the server in order.
+pub(crate) fn query<'a>(
+    client: &'a Client,
+    statement: &'a Statement,
+    params: Vec<Param<'a>>,
+) -> Step<'a> {
+    Box::pin(async move {
+        client
+            .query_raw(statement, params)
+            .await?
+            .try_collect()
+            .await
+    })
+}
+
+/// The batch's writes and its COMMIT, pipelined. Every write either does
+/// exactly what it says or fails (counts are asserted in SQL), and a failed
+/// statement aborts the transaction, so the pipelined COMMIT then rolls back.
+///
+/// With a `fence` (the fast path), BEGIN, the locks and the fence go first,
+/// in the same pipeline.
+pub(crate) async fn write(
+    connection: &Connection,
+    writes: &Writes,
+    fence: Option<&Fence<'_>>,
+) -> Result<(), Failed> {
+    let client = &connection.client;
+    let s = &connection.statements;
+
+    let created: Vec<_> = writes
+        .accounts
+        .iter()
+        .filter(|r| r.expected_version.is_none())
+        .collect();
+    let created_ids: Vec<Uuid> = created.iter().map(|r| r.account.id).collect();
+    let created_customers: Vec<Uuid> = created.iter().map(|r| r.account.customer_id).collect();
+    let created_versions: Vec<i64> = created.iter().map(|r| r.account.version).collect();
+    let created_states = documents(created.iter().map(|r| &r.account))?;
+    let created_topups: Vec<_> = created.iter().map(|r| r.account.tm_next_topup).collect();
+    let created_at: Vec<_> = created.iter().map(|r| r.updated_at).collect();
+
+    let updated: Vec<_> = writes
+        .accounts
+        .iter()
+        .filter_map(|r| r.expected_version.map(|v| (r, v)))
+        .collect();
+    let updated_ids: Vec<Uuid> = updated.iter().map(|(r, _)| r.account.id).collect();
+    let updated_states = documents(updated.iter().map(|(r, _)| &r.account))?;
+    let updated_versions: Vec<i64> = updated.iter().map(|(r, _)| r.account.version).collect();
+    let updated_topups: Vec<_> = updated
+        .iter()
+        .map(|(r, _)| r.account.tm_next_topup)
+        .collect();
+    let updated_at: Vec<_> = updated.iter().map(|(r, _)| r.updated_at).collect();
+    let expected: Vec<i64> = updated.iter().map(|(_, v)| *v).collect();
+
+    let e = &writes.events;
+    let event_ids: Vec<Uuid> = e.iter().map(|_| Uuid::now_v7()).collect();
+    let event_accounts: Vec<Uuid> = e.iter().map(|r| r.account_id).collect();
+    let event_versions: Vec<i64> = e.iter().map(|r| r.version).collect();
+    let event_types: Vec<&str> = e.iter().map(|r| r.event.event_type()).collect();
+    let event_times: Vec<_> = e.iter().map(|r| r.occurred_at).collect();
+    let principals: Vec<&str> = e.iter().map(|r| r.principal.as_str()).collect();
+    let roles: Vec<&str> = e.iter().map(|r| r.role.as_str()).collect();
+    let event_keys: Vec<Option<&str>> = e.iter().map(|r| r.idempotency_key.as_deref()).collect();
+    let traces: Vec<Option<&str>> = e.iter().map(|r| r.trace_id.as_deref()).collect();
+    let payloads = documents(e.iter().map(|r| &r.event))?;
+    let column = |f: fn(&billing_domain::Balances) -> i64| -> Vec<i64> {
+        e.iter().map(|r| f(&r.balances)).collect()
+    };
+    let balance_credit = column(|b| b.balance_credit.get());
+    let balance_token = column(|b| b.balance_token.get());
+    let reserved_credit = column(|b| b.reserved_credit.get());
+    let reserved_token = column(|b| b.reserved_token.get());
+    let available_credit = column(|b| b.available_credit.get());
+    let available_token = column(|b| b.available_token.get());
+    let accounts_after = documents(e.iter().map(|r| &r.account_after))?;
+
+    let reservation_columns = |new: bool| -> Result<ReservationColumns<'_>, StoreError> {
+        let rows: Vec<_> = writes
+            .reservations
+            .iter()
+            .filter(|r| r.new == new)
+            .collect();
+        Ok(ReservationColumns {
+            ids: rows
+                .iter()
+                .map(|r| r.hold.reservation_id.as_str())
+                .collect(),
+            accounts: rows.iter().map(|r| r.account_id).collect(),
+            statuses: rows.iter().map(|r| r.status.as_str()).collect(),
+            holds: documents(rows.iter().map(|r| &r.hold))?,
+            expires_at: rows.iter().map(|r| r.hold.expires_at).collect(),
+            commits: rows
+                .iter()
+                .map(|r| r.commit_outcome.as_ref().map(Document::of).transpose())
+                .collect::<Result<_, _>>()?,
+            resolved: rows.iter().map(|r| r.resolved_version).collect(),
+            updated_at: rows.iter().map(|r| r.updated_at).collect(),
+        })
+    };
+    let new_reservations = reservation_columns(true)?;
+    let changed_reservations = reservation_columns(false)?;
+
+    let k = &writes.keys;
+    let keys: Vec<&str> = k.iter().map(|r| r.key.as_str()).collect();
+    let operations: Vec<&str> = k.iter().map(|r| r.operation).collect();
+    let hashes: Vec<&[u8]> = k.iter().map(|r| r.request_hash.as_slice()).collect();
+    let key_accounts: Vec<Uuid> = k.iter().map(|r| r.account_id).collect();
+    let outcomes = documents(k.iter().map(|r| &r.outcome))?;
+    let key_times: Vec<_> = k.iter().map(|r| r.created_at).collect();
+
+    let mut steps: Vec<Step<'_>> = Vec::new();
+    if let Some(fence) = fence {
+        steps.push(Box::pin(async {
+            client.batch_execute("BEGIN").await?;
+            Ok(Vec::new())
+        }));
+        if !fence.lock_keys.is_empty() {
+            steps.push(query(client, &s.lock, vec![&fence.lock_keys]));
+            steps.push(query(client, &s.fence, vec![&fence.ids, &fence.versions]));
+        }
+    }
+    if !created.is_empty() {
+        steps.push(query(
+            client,
+            &s.insert_accounts,
+            vec![
+                &created_ids,
+                &created_customers,
+                &created_versions,
+                &created_states,
+                &created_topups,
+                &created_at,
+            ],
+        ));
+    }
+    if !updated.is_empty() {
+        steps.push(query(
+            client,
+            &s.update_accounts,
+            vec![
+                &updated_ids,
+                &updated_states,
+                &updated_versions,
+                &updated_topups,
+                &updated_at,
+                &expected,
+            ],
+        ));
+    }
+    if !e.is_empty() {
+        steps.push(query(
+            client,
+            &s.insert_events,
+            vec![
+                &billing_domain::EVENT_SCHEMA_VERSION,
+                &event_ids,
+                &event_accounts,
+                &event_versions,
+                &event_types,
+                &event_times,
+                &principals,
+                &roles,
+                &event_keys,
+                &traces,
+                &payloads,
+                &balance_credit,
+                &balance_token,
+                &reserved_credit,
+                &reserved_token,
+                &available_credit,
+                &available_token,
+                &accounts_after,
+            ],
+        ));
+    }
+    for (columns, statement) in [
+        (&new_reservations, &s.insert_reservations),
+        (&changed_reservations, &s.update_reservations),
+    ] {
+        if !columns.ids.is_empty() {
+            steps.push(query(client, statement, columns.params()));
+        }
+    }
+    if !k.is_empty() {
+        steps.push(query(
+            client,
+            &s.insert_keys,
+            vec![
+                &keys,
+                &operations,
+                &hashes,
+                &key_accounts,
+                &outcomes,
+                &key_times,
+            ],
+        ));
+    }
+    let writes_sent = steps.len();
+    steps.push(Box::pin(async {
+        client.batch_execute("COMMIT").await?;
+        Ok(Vec::new())
+    }));
+    let mut results = futures::future::join_all(steps).await;
+    let commit = results.pop().unwrap_or_else(|| Ok(Vec::new()));
+    debug_assert_eq!(results.len(), writes_sent);
+    // A failed write aborted the transaction: the COMMIT rolled it back.
+    if let Some(error) = results.into_iter().find_map(Result::err) {
+        return Err(Failed {
+            error: error.into(),
+            commit_sent: false,
+        });
+    }
+    commit.map_err(|error| Failed {
+        error: error.into(),
+        commit_sent: true,
+    })?;
+    Ok(())
+}
+
+/// A document serialized up front and sent as the `json` type's text (its
+/// binary form). `Json<T>` serializes into the statement's buffer a few
+/// bytes at a time, which cost more than the serializing itself.
+#[derive(Debug)]
+struct Document(Vec<u8>);
+
+impl Document {
+    fn of(value: &impl serde::Serialize) -> Result<Self, StoreError> {
+        Ok(Self(serde_json::to_vec(value)?))
+    }
+}
+
+impl ToSql for Document {
+    fn to_sql(
+        &self,
+        _: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(&self.0);
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    tokio_postgres::types::accepts!(JSON);
+    tokio_postgres::types::to_sql_checked!();
+}
+
+fn documents<'a, T: serde::Serialize + 'a>(
+    values: impl Iterator<Item = &'a T>,
+) -> Result<Vec<Document>, StoreError> {
+    values.map(Document::of).collect()
+}
+
+struct ReservationColumns<'a> {
+    ids: Vec<&'a str>,
+    accounts: Vec<Uuid>,
+    statuses: Vec<&'static str>,
+    holds: Vec<Document>,
+    expires_at: Vec<chrono::DateTime<chrono::Utc>>,
+    commits: Vec<Option<Document>>,
+    resolved: Vec<Option<i64>>,
+    updated_at: Vec<chrono::DateTime<chrono::Utc>>,
+}
+
+impl ReservationColumns<'_> {
+    fn params(&self) -> Vec<Param<'_>> {
+        vec![
+            &self.ids,
+            &self.accounts,
+            &self.statuses,
+            &self.holds,
+            &self.expires_at,
+            &self.commits,
+            &self.resolved,
+            &self.updated_at,
+        ]
+    }
+}
+
+/// A writer's own connection and its prepared statements.
+pub(crate) struct Connection {
+    pub(crate) client: Client,
+    pub(crate) statements: Statements,
+}
+
+pub(crate) struct Statements {
+    pub(crate) lock: Statement,
+    pub(crate) fence: Statement,
+    pub(crate) load_accounts: Statement,
+    pub(crate) load_keys: Statement,
+    pub(crate) load_reservations: Statement,
+    pub(crate) insert_accounts: Statement,
+    pub(crate) update_accounts: Statement,
+    pub(crate) insert_events: Statement,
+    pub(crate) insert_reservations: Statement,
+    pub(crate) update_reservations: Statement,
+    pub(crate) insert_keys: Statement,
+}
+
+impl Connection {
+    pub(crate) async fn open(config: &tokio_postgres::Config) -> Result<Self, StoreError> {
+        let connect = config.connect(NoTls);
+        let (client, connection) = tokio::time::timeout(Duration::from_secs(5), connect)
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable("connecting to the database timed out".into())
+            })??;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "command writer connection closed");
+            }
+        });
+        // Every statement of the command path finds rows by key. Prepared
+        // statements soon run on a generic plan, made while a table was
+        // small and before any ANALYZE: a sequential scan then stays the
+        // plan as the table grows (seen: 1.5 ms lookups of one reservation).
+        // Key lookups are the only right plan here, so say so.
+        client
+            .batch_execute(
+                "SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off",
+            )
+            .await?;
+        let (
+            lock,
+            fence,
+            load_accounts,
+            load_keys,
+            load_reservations,
+            insert_accounts,
+            update_accounts,
+            insert_events,
+            insert_reservations,
+            update_reservations,
+            insert_keys,
+        ) = futures::try_join!(
+            client.prepare(sql::LOCK),
+            client.prepare(sql::FENCE),
+            client.prepare(sql::LOAD_ACCOUNTS),
+            client.prepare(sql::LOAD_KEYS),
+            client.prepare(sql::LOAD_RESERVATIONS),
+            client.prepare(sql::INSERT_ACCOUNTS),
+            client.prepare(sql::UPDATE_ACCOUNTS),
+            client.prepare(sql::INSERT_EVENTS),
+            client.prepare(sql::INSERT_RESERVATIONS),
+            client.prepare(sql::UPDATE_RESERVATIONS),
+            client.prepare(sql::INSERT_KEYS),
+        )?;
+        let statements = Statements {
+            lock,
+            fence,
+            load_accounts,
+            load_keys,
+            load_reservations,
+            insert_accounts,
+            update_accounts,
+            insert_events,
+            insert_reservations,
+            update_reservations,
+            insert_keys,
+        };
+        Ok(Self { client, statements })
+    }
+}

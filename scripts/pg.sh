@@ -44,6 +44,29 @@ cmd=${1:-}; datadir=${2:-}
 [ -n "$cmd" ] && [ -n "$datadir" ] || die "usage: pg.sh start|stop DATADIR [PORT] [--ephemeral]"
 datadir=$(realpath -m "$datadir")
 
+# As root the server runs as `postgres`, which must be able to reach its data
+# directory. A checkout under /root, or in a `mktemp -d` directory, is closed
+# to it: then the data lives under /var/lib/billing-dev instead, in a
+# directory named after the checkout's path (the same one on every start and
+# stop), and DATADIR becomes a link to it.
+if [ "$(id -u)" -eq 0 ] && [ ! -L "$datadir" ]; then
+  parent=$(dirname "$datadir")
+  mkdir -p "$parent"
+  if ! runuser -u postgres -- test -x "$parent" 2>/dev/null; then
+    key=$(printf '%s' "$datadir" | sha256sum | cut -c1-16)
+    home="/var/lib/billing-dev/$key-$(basename "$datadir")"
+    mkdir -p /var/lib/billing-dev
+    chmod 755 /var/lib/billing-dev
+    # What an earlier, failed start left there (never a cluster: postgres
+    # could not reach it).
+    if [ -d "$datadir" ] && [ ! -f "$datadir/PG_VERSION" ]; then rm -rf "$datadir"; fi
+    ln -sfn "$home" "$datadir"
+  fi
+fi
+if [ -L "$datadir" ]; then
+  datadir=$(readlink "$datadir")
+fi
+
 case "$cmd" in
   start)
     port=${3:?port}; ephemeral=${4:-}

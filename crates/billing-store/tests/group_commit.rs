@@ -345,3 +345,54 @@ async fn a_replica_never_acts_on_its_stale_copy_of_an_account_not_even_to_refuse
     let account = a.account(id).await.unwrap().unwrap();
     assert_eq!(account.balance_credit, Micros(1));
 }
+
+#[tokio::test]
+async fn what_the_fast_path_takes_for_new_is_checked_by_the_database() {
+    // On an account the writer has cached, a batch is decided without
+    // reading reservations or keys. A reservation id reserved again after its
+    // commit, or a key used again, must still get the first answer.
+    let db = TestDb::new().await;
+    let store = one_writer(&db);
+    let id = account_with(&store, 100_000).await;
+    let reserve = Command::Reserve(Reserve {
+        reservation_id: "r-1".into(),
+        service_type: ServiceType::CallPstnOutgoing,
+        requested_units: 2,
+        allow_partial: false,
+        ttl_seconds: 600,
+    });
+    let commit = Command::Commit(Commit {
+        reservation_id: "r-1".into(),
+        used_duration_ms: 30_000,
+        used_quantity: 0,
+    });
+    store
+        .execute(id, &meta(None, b""), &reserve)
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .execute(id, &meta(None, b""), &commit)
+        .await
+        .unwrap()
+        .unwrap();
+    let again = store.execute(id, &meta(None, b""), &reserve).await.unwrap();
+    let Ok(Outcome::Reservation(view)) = again else {
+        panic!("{again:?}");
+    };
+    assert_eq!(view.status, ReservationStatus::Committed, "not held again");
+    let first = store
+        .execute(id, &meta(Some("k-1"), b"h"), &sms("m"))
+        .await
+        .unwrap()
+        .unwrap();
+    let retried = store
+        .execute(id, &meta(Some("k-1"), b"h"), &sms("m"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(retried, first);
+    let account = store.account(id).await.unwrap().unwrap();
+    assert!(account.holds.is_empty());
+    assert_eq!(account.balance_credit, Micros(100_000 - 10_000 - 10_000));
+}

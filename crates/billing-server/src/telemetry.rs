@@ -13,9 +13,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// Our own events from INFO; the libraries' (PostgreSQL's notices, which
+/// tokio-postgres logs at INFO with source paths, HTTP/2, Kafka) only from
+/// WARN. `RUST_LOG` replaces this.
+const DEFAULT_FILTER: &str = "info,tokio_postgres=warn,h2=warn,hyper=warn,tower=warn,rdkafka=warn";
+
 /// Installs the global subscriber. Call once, at start-up.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let json = match format {
         LogFormat::Auto => !std::io::stderr().is_terminal(),
         LogFormat::Text => false,

@@ -383,43 +383,19 @@ impl Connection {
                 "SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off",
             )
             .await?;
-        let (
-            lock,
-            fence,
-            load_accounts,
-            load_keys,
-            load_reservations,
-            insert_accounts,
-            update_accounts,
-            insert_events,
-            insert_reservations,
-            update_reservations,
-            insert_keys,
-        ) = futures::try_join!(
-            client.prepare(sql::LOCK),
-            client.prepare(sql::FENCE),
-            client.prepare(sql::LOAD_ACCOUNTS),
-            client.prepare(sql::LOAD_KEYS),
-            client.prepare(sql::LOAD_RESERVATIONS),
-            client.prepare(sql::INSERT_ACCOUNTS),
-            client.prepare(sql::UPDATE_ACCOUNTS),
-            client.prepare(sql::INSERT_EVENTS),
-            client.prepare(sql::INSERT_RESERVATIONS),
-            client.prepare(sql::UPDATE_RESERVATIONS),
-            client.prepare(sql::INSERT_KEYS),
-        )?;
+        // Once per connection: one round trip each is no matter.
         let statements = Statements {
-            lock,
-            fence,
-            load_accounts,
-            load_keys,
-            load_reservations,
-            insert_accounts,
-            update_accounts,
-            insert_events,
-            insert_reservations,
-            update_reservations,
-            insert_keys,
+            lock: client.prepare(sql::LOCK).await?,
+            fence: client.prepare(sql::FENCE).await?,
+            load_accounts: client.prepare(sql::LOAD_ACCOUNTS).await?,
+            load_keys: client.prepare(sql::LOAD_KEYS).await?,
+            load_reservations: client.prepare(sql::LOAD_RESERVATIONS).await?,
+            insert_accounts: client.prepare(sql::INSERT_ACCOUNTS).await?,
+            update_accounts: client.prepare(sql::UPDATE_ACCOUNTS).await?,
+            insert_events: client.prepare(sql::INSERT_EVENTS).await?,
+            insert_reservations: client.prepare(sql::INSERT_RESERVATIONS).await?,
+            update_reservations: client.prepare(sql::UPDATE_RESERVATIONS).await?,
+            insert_keys: client.prepare(sql::INSERT_KEYS).await?,
         };
         Ok(Self { client, statements })
     }

@@ -270,10 +270,12 @@ pub(crate) async fn write(
     debug_assert_eq!(results.len(), writes_sent);
     // A failed write aborted the transaction: the COMMIT rolled it back.
     if let Some(error) = results.into_iter().find_map(Result::err) {
-        return Err(Failed {
-            error: error.into(),
-            commit_sent: false,
-        });
+        let error: StoreError = error.into();
+        // A statement that failed aborted the transaction, and its COMMIT
+        // rolled back. A lost connection says nothing of the COMMIT, sent in
+        // the same pipeline: it may have run, so the batch is not retried.
+        let commit_sent = matches!(error, StoreError::Unavailable(_));
+        return Err(Failed { error, commit_sent });
     }
     commit.map_err(|error| Failed {
         error: error.into(),

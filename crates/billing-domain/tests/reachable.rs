@@ -24,6 +24,24 @@ fn amount() -> impl Strategy<Value = i64> {
     ]
 }
 
+/// A new free-plan account with a hard credit limit of `limit` micros.
+fn new_account(limit: i64, postpaid: bool) -> Account {
+    let cmd = CreateAccount {
+        customer_id: Uuid::nil(),
+        name: String::new(),
+        detail: String::new(),
+        plan_type: PlanType::Free,
+        currency: Currency::usd(),
+        credit_limit: Micros(limit),
+        credit_limit_type: CreditLimitType::Hard,
+        is_postpaid: postpaid,
+        low_balance_threshold: Micros::ZERO,
+        payment_type: String::new(),
+        payment_method: String::new(),
+    };
+    create(Uuid::from_u128(1), &cmd, t0()).unwrap().account
+}
+
 fn reservation_id() -> impl Strategy<Value = String> {
     (0..2u8).prop_map(|n| format!("call-{n}"))
 }
@@ -150,20 +168,7 @@ proptest! {
         steps in prop::collection::vec((command(), 0..1_200_000i64), 1..60),
     ) {
         let rates = RateTable::default();
-        let create_cmd = CreateAccount {
-            customer_id: Uuid::nil(),
-            name: String::new(),
-            detail: String::new(),
-            plan_type: PlanType::Free,
-            currency: Currency::usd(),
-            credit_limit: Micros(limit),
-            credit_limit_type: CreditLimitType::Hard,
-            is_postpaid: postpaid,
-            low_balance_threshold: Micros::ZERO,
-            payment_type: String::new(),
-            payment_method: String::new(),
-        };
-        let mut account = create(Uuid::from_u128(1), &create_cmd, t0()).unwrap().account;
+        let mut account = new_account(limit, postpaid);
         let mut now = t0();
         for (command, advance_ms) in steps {
             now += Duration::milliseconds(advance_ms);
@@ -211,22 +216,7 @@ proptest! {
 #[test]
 fn credit_that_fits_only_while_a_hold_counts_is_refused() {
     let rates = RateTable::default();
-    let create_cmd = CreateAccount {
-        customer_id: Uuid::nil(),
-        name: String::new(),
-        detail: String::new(),
-        plan_type: PlanType::Free,
-        currency: Currency::usd(),
-        credit_limit: Micros(i64::MAX / 2),
-        credit_limit_type: CreditLimitType::Hard,
-        is_postpaid: true,
-        low_balance_threshold: Micros::ZERO,
-        payment_type: String::new(),
-        payment_method: String::new(),
-    };
-    let mut account = create(Uuid::from_u128(1), &create_cmd, t0())
-        .unwrap()
-        .account;
+    let mut account = new_account(i64::MAX / 2, true);
     let now = t0();
     admin(
         &mut account,

@@ -24,16 +24,6 @@ fn check<T: std::fmt::Debug>(
     }
 }
 
-async fn event_count(app: &TestApp) -> i64 {
-    app.db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM events", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 #[tokio::test]
 async fn every_bad_input_gets_its_status_and_changes_nothing() {
     let app = TestApp::spawn().await;
@@ -52,7 +42,7 @@ async fn every_bad_input_gets_its_status_and_changes_nothing() {
     })
     .await
     .unwrap();
-    let before_events = event_count(&app).await;
+    let before_events = app.event_count().await;
     let before = app.get(&id).await;
 
     let create = |f: fn(&mut pb::CreateBillingAccountRequest)| {
@@ -388,7 +378,7 @@ async fn every_bad_input_gets_its_status_and_changes_nothing() {
     );
 
     assert_eq!(
-        event_count(&app).await,
+        app.event_count().await,
         before_events,
         "no bad request appended an event"
     );
@@ -535,7 +525,7 @@ async fn text_postgresql_cannot_store_or_past_its_bound_is_refused_naming_the_fi
     c.reserve(reserve("live", &id, S::CallPstnOutgoing, 1))
         .await
         .unwrap();
-    let before_events = event_count(&app).await;
+    let before_events = app.event_count().await;
     let before = app.get(&id).await;
 
     // For each kind of text: a NUL, another control character, and one
@@ -753,7 +743,7 @@ async fn text_postgresql_cannot_store_or_past_its_bound_is_refused_naming_the_fi
     );
 
     assert_eq!(
-        event_count(&app).await,
+        app.event_count().await,
         before_events,
         "nothing was appended"
     );

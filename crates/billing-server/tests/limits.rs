@@ -16,21 +16,11 @@ use tonic::Code;
 use tonic_types::StatusExt as _;
 use tower::Layer as _;
 
-async fn event_count(app: &TestApp) -> i64 {
-    app.db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM events", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 #[tokio::test]
 async fn a_body_that_does_not_decode_is_invalid_argument_and_changes_nothing() {
     let app = TestApp::spawn().await;
     let account = app.account(100_000).await;
-    let before = event_count(&app).await;
+    let before = app.event_count().await;
     let channel = support::channel(app.addr).await;
 
     // Not protobuf at all.
@@ -99,7 +89,7 @@ async fn a_body_that_does_not_decode_is_invalid_argument_and_changes_nothing() {
         .unwrap();
     let read = pb::BillingAccount::decode(reply.as_slice()).unwrap();
     assert_eq!(read, app.get(&account.id).await);
-    assert_eq!(event_count(&app).await, before, "nothing was appended");
+    assert_eq!(app.event_count().await, before, "nothing was appended");
 }
 
 /// The API served as the binary serves it, on `billing_api::edge::transport()`.

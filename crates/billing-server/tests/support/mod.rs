@@ -78,6 +78,17 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// Every event in the app's database: what a refused call must not move.
+    pub async fn event_count(&self) -> i64 {
+        self.db
+            .client()
+            .await
+            .query_one("SELECT count(*) FROM events", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     pub async fn spawn() -> Self {
         let db = TestDb::new().await;
         Self::spawn_with(db, |_| {}).await

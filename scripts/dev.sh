@@ -25,21 +25,52 @@ free_port() {
 }
 
 started_pg=()
+throwaway_pg=()
 started_kafka=()
+broker_build=
 cleanup() {
   local dir
+  if [ -n "$broker_build" ]; then
+    pkill -TERM -P "$broker_build" 2>/dev/null || true
+    kill "$broker_build" 2>/dev/null || true
+  fi
   for dir in "${started_kafka[@]}"; do
     "$root/scripts/kafka.sh" stop "$dir" || true
   done
   for dir in "${started_pg[@]}"; do
     "$root/scripts/pg.sh" stop "$dir" || true
   done
+  for dir in "${throwaway_pg[@]}"; do
+    "$root/scripts/pg.sh" wipe "$dir" || true
+  done
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# The broker's first build (about 14 minutes on 2 cores) runs beside the
+# workspace's (about 3): each fills the other's single-threaded stretches
+# (a big crate compiling alone, a link). Later runs find both built.
+build_broker_in_background() {
+  [ -x "$("$root/scripts/kafka.sh" path)" ] && return
+  echo "building the Kafka-protocol broker (nisshi) once, beside the workspace; log: .dev/nisshi-build.log"
+  "$root/scripts/kafka.sh" bin >"$dev/nisshi-build.log" 2>&1 &
+  broker_build=$!
+}
+
+wait_for_broker_build() {
+  [ -n "$broker_build" ] || return 0
+  local pid=$broker_build
+  broker_build=
+  if ! wait "$pid"; then
+    tail -n 30 "$dev/nisshi-build.log" >&2
+    echo "dev.sh: building the broker failed (whole log: .dev/nisshi-build.log)" >&2
+    return 1
+  fi
+}
+
 cmd_run() {
   local kafka_storage="memory://nisshi/"
+  [ -n "${BILLING_KAFKA_BROKERS:-}" ] || build_broker_in_background
   if [ -z "${BILLING_DATABASE_URL:-}" ]; then
     local port=${BILLING_DEV_PG_PORT:-55433} admin
     if ! admin=$("$root/scripts/pg.sh" start "$dev/pg" "$port" 2>"$dev/pg-start.log"); then
@@ -66,7 +97,10 @@ cmd_run() {
     BILLING_JWT_SECRET=$(cat "$dev/jwt-secret")
     export BILLING_JWT_SECRET
   fi
+  cargo build --bin billing
+  local bin="${CARGO_TARGET_DIR:-$root/target}/debug/billing"
   if [ -z "${BILLING_KAFKA_BROKERS:-}" ]; then
+    wait_for_broker_build
     local kafka_port
     kafka_port=$(free_port 9092)
     BILLING_KAFKA_BROKERS=$("$root/scripts/kafka.sh" start "$dev/kafka" "$kafka_port" "$kafka_storage")
@@ -75,15 +109,15 @@ cmd_run() {
     echo "Kafka-protocol broker (nisshi) at $BILLING_KAFKA_BROKERS, storage ${kafka_storage%%://*}"
   fi
   export BILLING_ROLES=${BILLING_ROLES:-api,sweeper,projector,publisher}
-  cargo build --bin billing
-  local bin="${CARGO_TARGET_DIR:-$root/target}/debug/billing"
   "$bin" migrate
   local addr=${BILLING_GRPC_ADDR:-127.0.0.1:50051}
   export BILLING_GRPC_ADDR="$addr"
+  export BILLING_METRICS_ADDR=${BILLING_METRICS_ADDR:-127.0.0.1:$(free_port 9464)}
   local customer=5e4a0680-804e-11ec-8477-2fea5968d85b
   cat <<TXT
 
 billing: gRPC API on $addr (health and reflection need no token)
+Prometheus metrics: http://$BILLING_METRICS_ADDR/metrics
 TXT
   if [ -n "${BILLING_JWT_SECRET:-}" ]; then
     cat <<TXT
@@ -123,20 +157,32 @@ check_root_only_checkout() {
   port=$(free_port 56432)
   "$dir/billing/scripts/pg.sh" start "$dir/billing/.dev/pg-check" "$port" --ephemeral >/dev/null
   psql "postgres://postgres@127.0.0.1:$port/postgres" -qAtc "SELECT 1" >/dev/null
-  "$dir/billing/scripts/pg.sh" stop "$dir/billing/.dev/pg-check"
+  # ... and leaves nothing behind when its throwaway cluster is wiped.
   data=$(readlink "$dir/billing/.dev/pg-check" || true)
-  rm -rf "$dir" ${data:+"$data"}
-  echo "a root-only checkout starts its PostgreSQL"
+  "$dir/billing/scripts/pg.sh" wipe "$dir/billing/.dev/pg-check"
+  if [ -n "$data" ] && [ -e "$data" ]; then
+    echo "dev.sh: pg.sh wipe left $data behind" >&2
+    return 1
+  fi
+  rm -rf "$dir"
+  echo "a root-only checkout starts its PostgreSQL, and its throwaway data is wiped"
 }
 
 cmd_test() {
   check_root_only_checkout
+  build_broker_in_background
+  # Dockerfile, docker-compose.yml and the Helm chart, checked without Docker
+  # or a cluster.
+  "$root/scripts/check-deploy.sh"
   local port admin
   port=$(free_port 55432)
   admin=$("$root/scripts/pg.sh" start "$dev/pg-test" "$port" --ephemeral)
-  started_pg+=("$dev/pg-test")
+  throwaway_pg+=("$dev/pg-test")
   echo "test PostgreSQL at 127.0.0.1:$port (throwaway, in .dev/pg-test)"
   export BILLING_TEST_DATABASE_URL="$admin"
+  # Build every test while the broker builds (when it must).
+  cargo test --workspace --no-run
+  wait_for_broker_build
   # A broker for the Kafka tests; some tests start brokers of their own.
   BILLING_TEST_NISSHI=$("$root/scripts/kafka.sh" bin)
   export BILLING_TEST_NISSHI

@@ -4,6 +4,7 @@
 #
 #   scripts/pg.sh start DATADIR PORT [--ephemeral]   start (initdb when new); prints the URL
 #   scripts/pg.sh stop DATADIR                       stop it
+#   scripts/pg.sh wipe DATADIR                       stop it and remove its data
 #
 # --ephemeral wipes DATADIR first and turns durability off (fsync): for tests.
 # --fresh wipes DATADIR first and keeps durability on, with pg_stat_statements
@@ -41,7 +42,9 @@ as_owner() {
 }
 
 cmd=${1:-}; datadir=${2:-}
-[ -n "$cmd" ] && [ -n "$datadir" ] || die "usage: pg.sh start|stop DATADIR [PORT] [--ephemeral]"
+[ -n "$cmd" ] && [ -n "$datadir" ] || die "usage: pg.sh start|stop|wipe DATADIR [PORT] [--ephemeral]"
+# DATADIR itself, which may be a link to where the data lives (below).
+given=$(realpath -m -s "$datadir")
 datadir=$(realpath -m "$datadir")
 
 # As root the server runs as `postgres`, which must be able to reach its data
@@ -108,6 +111,16 @@ case "$cmd" in
     bin=$(bindir) || exit 0
     [ -f "$datadir/PG_VERSION" ] || exit 0
     as_owner "$bin/pg_ctl" -D "$datadir" -m fast -w stop >/dev/null 2>&1 || true
+    ;;
+  wipe)
+    # A throwaway cluster (make test's): stopped, then its data removed
+    # wherever it lives, so that none is left under /var/lib/billing-dev
+    # once the checkout is gone.
+    if [ -f "$datadir/PG_VERSION" ] && bin=$(bindir); then
+      as_owner "$bin/pg_ctl" -D "$datadir" -m immediate -w stop >/dev/null 2>&1 || true
+    fi
+    rm -rf "$datadir"
+    if [ -L "$given" ]; then rm -f "$given"; fi
     ;;
   *) die "unknown command $cmd" ;;
 esac

@@ -54,6 +54,9 @@ pub struct Principal {
     pub role: Role,
     /// Required for customer admins: the customer whose accounts they read.
     pub customer_id: Option<Uuid>,
+    /// The token's `exp` (seconds since the epoch): a long-lived call (a
+    /// `WatchAccount` stream) ends when its token does.
+    pub expires_at: u64,
 }
 
 impl Principal {
@@ -63,6 +66,17 @@ impl Principal {
             principal: self.subject.clone(),
             role: self.role.as_str().to_owned(),
         }
+    }
+
+    /// How long the token stays valid from now, with the leeway every
+    /// call gets (zero once it has expired).
+    pub fn valid_for(&self) -> std::time::Duration {
+        let now = jsonwebtoken::get_current_timestamp();
+        std::time::Duration::from_secs(
+            self.expires_at
+                .saturating_add(LEEWAY_SECONDS)
+                .saturating_sub(now),
+        )
     }
 
     /// Whether this principal may read or act on an account owned by
@@ -90,10 +104,19 @@ pub fn permits(role: Role, rpc: &str) -> bool {
                 | "Debit"
                 | "GetBillingAccount"
                 | "GetBalance"
+                | "EstimateCost"
+                | "ComparePlans"
+                | "WatchAccount"
         ),
         Role::CustomerAdmin => matches!(
             rpc,
-            "GetBillingAccount" | "GetBalance" | "ListTransactions" | "Rate"
+            "GetBillingAccount"
+                | "GetBalance"
+                | "ListTransactions"
+                | "Rate"
+                | "EstimateCost"
+                | "ComparePlans"
+                | "WatchAccount"
         ),
     }
 }
@@ -296,6 +319,7 @@ impl Authenticator {
             subject: claims.sub,
             role,
             customer_id,
+            expires_at: claims.exp,
         };
         self.cache().put(
             raw.to_owned(),
@@ -452,6 +476,7 @@ mod tests {
                 subject: "s".into(),
                 role: Role::Service,
                 customer_id: None,
+                expires_at: 10_000,
             },
             exp: 10_000,
             nbf: Some(5_000),

@@ -6,19 +6,17 @@
 //! and answer a repeat as the first time, and `Extend` and `Debit` require
 //! an idempotency key.
 
-use billing_domain::{
-    Command, Commit, Debit, Extend, Outcome, Rejection, Reserve, ServiceType, Usage,
-};
+use billing_domain::{Command, Commit, Debit, Extend, Outcome, Reserve, ServiceType, Usage};
 use billing_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::BillingApi;
 use crate::convert::{self, or_default, required};
 use crate::request::{
-    ensure_access, meta, principal, record_account, record_reservation, reservation_reply, settle,
-    unexpected, unkeyed_meta,
+    meta, named_account, record_account, record_reservation, reservation_reply, settle, unexpected,
+    unkeyed_meta,
 };
-use crate::status::{invalid, rejected, store_failed};
+use crate::status::{invalid, rejected};
 use crate::validate::{self, Number, Text, number, required_key, text};
 
 /// The usage a request measures, in the field its service is measured by.
@@ -51,21 +49,7 @@ pub async fn rate(
         ("duration_ms", r.duration_ms),
         ("quantity", r.quantity),
     )?;
-    let account = match r.account_id.as_str() {
-        "" => None,
-        raw => {
-            let id = validate::uuid("account_id", raw)?;
-            record_account(id);
-            let account = api.store.account(id).await.map_err(|e| store_failed(&e))?;
-            ensure_access(
-                &principal(&request)?,
-                "Rate",
-                id,
-                account.as_ref().map(|a| a.customer_id),
-            )?;
-            Some(account.ok_or_else(|| rejected(&Rejection::AccountNotFound))?)
-        }
-    };
+    let account = named_account(api, &request, "Rate", &r.account_id).await?;
     let now = api.store.now();
     let now = account.as_ref().map_or(now, |a| now.max(a.tm_update));
     let quote = billing_domain::quote(api.store.rates(), service, usage, account.as_ref(), now)

@@ -5,7 +5,8 @@
 //!
 //! - [`BillingApi`]: the service; its handlers live by area in `accounts`
 //!   (create, read, update, list, balance adjustments), `charging` (rate,
-//!   holds, debits) and `ledger` (balances, history).
+//!   holds, debits), `ledger` (balances, history), `estimate` (cost
+//!   estimates, plan comparison) and `watch` (live account views).
 //! - [`validate`]: the input rules, one per kind of field (text, numbers,
 //!   times, currencies, pages).
 //! - [`edge`]: message and metadata size limits, and a clear status for a
@@ -15,6 +16,8 @@
 //!   idempotency, replies).
 //! - `convert`: protobuf <-> domain.
 //! - [`status`]: rejections and store failures -> gRPC statuses, in one place.
+//! - [`telemetry`]: every call's server span (continuing the caller's trace)
+//!   and its count and latency (a tower layer).
 
 #![forbid(unsafe_code)]
 
@@ -24,14 +27,18 @@ mod charging;
 mod convert;
 mod currency;
 pub mod edge;
+mod estimate;
 mod ledger;
 mod request;
 pub mod status;
+pub mod telemetry;
 pub mod validate;
+pub mod watch;
 
 use billing_proto::v1 as pb;
 use billing_proto::v1::billing_service_server::BillingService;
 use billing_store::Store;
+use tokio::sync::watch as signal;
 use tonic::{Request, Response, Status};
 
 pub use billing_proto::v1::billing_service_server::BillingServiceServer;
@@ -41,6 +48,11 @@ pub use billing_proto::v1::billing_service_server::BillingServiceServer;
 pub struct BillingApi {
     /// Where commands run and state is read.
     store: Store,
+    /// The watchers of live account views, and the feed follower they share.
+    watchers: std::sync::Arc<watch::Hub>,
+    /// Turns true when the server stops, ending watch streams (a graceful
+    /// shutdown waits for every stream, and a watch never ends by itself).
+    stop: Option<signal::Receiver<bool>>,
 }
 
 /// The gRPC server of the billing service, with its limits and edge.
@@ -48,7 +60,18 @@ pub type Server = edge::Edge<BillingServiceServer<BillingApi>>;
 
 impl BillingApi {
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self {
+            watchers: watch::Hub::new(store.clone()),
+            store,
+            stop: None,
+        }
+    }
+
+    /// Ends `WatchAccount` streams when `stop` turns true (each with
+    /// UNAVAILABLE and the version to resume after).
+    pub fn with_shutdown(mut self, stop: signal::Receiver<bool>) -> Self {
+        self.stop = Some(stop);
+        self
     }
 
     /// The gRPC server for this service: messages are bounded by
@@ -175,5 +198,31 @@ impl BillingService for BillingApi {
         request: Request<pb::ListTransactionsRequest>,
     ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
         ledger::transactions(self, request).await
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "EstimateCost", account_id))]
+    async fn estimate_cost(
+        &self,
+        request: Request<pb::EstimateCostRequest>,
+    ) -> Result<Response<pb::EstimateCostResponse>, Status> {
+        estimate::estimate_cost(self, request).await
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ComparePlans"))]
+    async fn compare_plans(
+        &self,
+        request: Request<pb::ComparePlansRequest>,
+    ) -> Result<Response<pb::ComparePlansResponse>, Status> {
+        estimate::compare_plans(self, request).await
+    }
+
+    type WatchAccountStream = watch::WatchStream;
+
+    #[tracing::instrument(skip_all, fields(rpc = "WatchAccount", account_id))]
+    async fn watch_account(
+        &self,
+        request: Request<pb::WatchAccountRequest>,
+    ) -> Result<Response<Self::WatchAccountStream>, Status> {
+        watch::watch_account(self, request).await
     }
 }

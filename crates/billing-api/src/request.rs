@@ -25,6 +25,32 @@ pub fn principal<M>(request: &Request<M>) -> Result<Principal, Status> {
         .ok_or_else(|| Status::unauthenticated("the call was not authenticated"))
 }
 
+/// The account a read-only request names in `account_id`, if it names one:
+/// validated, recorded on the call's span, and refused to a caller who may
+/// not see it (`rpc` names the call in the refusal's log line).
+pub async fn named_account<M>(
+    api: &crate::BillingApi,
+    request: &Request<M>,
+    rpc: &str,
+    account_id: &str,
+) -> Result<Option<billing_domain::Account>, Status> {
+    if account_id.is_empty() {
+        return Ok(None);
+    }
+    let id = crate::validate::uuid("account_id", account_id)?;
+    record_account(id);
+    let account = api.store.account(id).await.map_err(|e| store_failed(&e))?;
+    ensure_access(
+        &principal(request)?,
+        rpc,
+        id,
+        account.as_ref().map(|a| a.customer_id),
+    )?;
+    account
+        .map(Some)
+        .ok_or_else(|| rejected(&Rejection::AccountNotFound))
+}
+
 /// Refuses a caller that may not act on an account owned by `owner`
 /// (`None`: no such account; a customer admin learns nothing from that).
 pub fn ensure_access(
@@ -79,10 +105,15 @@ pub fn meta<M: Message + Clone>(
             })
         }
     };
+    // The call's own trace when it is traced; otherwise the caller's trace
+    // id, or a new one.
+    let (trace_id, span_id) =
+        crate::telemetry::trace_ids().unwrap_or_else(|| (trace_id(request), None));
     Ok(RequestMeta {
         actor: principal(request)?.actor(),
         idempotency,
-        trace_id: Some(trace_id(request)),
+        trace_id: Some(trace_id),
+        span_id,
     })
 }
 
@@ -131,9 +162,11 @@ pub fn reservation_reply(outcome: Outcome) -> Result<Response<pb::Reservation>, 
 /// Notes the account on the RPC's span (once its id has been validated).
 pub fn record_account(account_id: Uuid) {
     tracing::Span::current().record("account_id", tracing::field::display(account_id));
+    crate::telemetry::record_account(account_id);
 }
 
 /// Notes the reservation on the RPC's span (once its id has been validated).
 pub fn record_reservation(reservation_id: &str) {
     tracing::Span::current().record("reservation_id", reservation_id);
+    crate::telemetry::record_reservation(reservation_id);
 }

@@ -142,6 +142,48 @@ pub fn version_ahead(account_version: i64, wanted: i64) -> Status {
     )
 }
 
+/// `WatchAccount` asked to start after a version the account has not
+/// reached.
+pub fn version_ahead_of_watch(account_version: i64, after: i64) -> Status {
+    let metadata = HashMap::from([
+        ("account_version".to_owned(), account_version.to_string()),
+        ("after_version".to_owned(), after.to_string()),
+    ]);
+    with_info(
+        Code::OutOfRange,
+        &format!("the account is at version {account_version}; after_version {after} is beyond it"),
+        "VERSION_AHEAD_OF_ACCOUNT",
+        metadata,
+    )
+}
+
+/// A `WatchAccount` stream ends early (the server stops, the database is
+/// gone): reconnect with `after_version` set to the last version received,
+/// which the metadata repeats, and nothing is lost.
+pub fn watch_interrupted(why: &str, last_version: i64) -> Status {
+    let metadata = HashMap::from([("last_version".to_owned(), last_version.to_string())]);
+    with_info(
+        Code::Unavailable,
+        &format!("{why}; watch again with after_version {last_version}"),
+        "WATCH_INTERRUPTED",
+        metadata,
+    )
+}
+
+/// A `WatchAccount` stream outlived its bearer token: watch again with a
+/// fresh token and `after_version` set to the last version received.
+pub fn watch_token_expired(last_version: i64) -> Status {
+    let metadata = HashMap::from([("last_version".to_owned(), last_version.to_string())]);
+    with_info(
+        Code::Unauthenticated,
+        &format!(
+            "the token has expired; watch again with a fresh token and after_version {last_version}"
+        ),
+        "TOKEN_EXPIRED",
+        metadata,
+    )
+}
+
 /// A request body that does not decode as the RPC's message; `detail` is
 /// the decoder's description (it names the field, never quotes the input).
 pub fn malformed(detail: &str, field: Option<&str>) -> Status {

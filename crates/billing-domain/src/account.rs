@@ -52,6 +52,12 @@ pub struct Account {
     /// the serialized account.
     #[serde(skip)]
     pub holds: BTreeMap<String, Hold>,
+    /// The hash of the account's last event in the store's hash chain
+    /// (`billing_store::chain`), kept with the state so the next append can
+    /// link to it. The domain never reads it; `None` before the first
+    /// hashed event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_head: Option<String>,
 }
 
 /// Funds held for one reservation.

@@ -248,6 +248,7 @@ impl Account {
             tm_delete: None,
             version: 1,
             holds: Default::default(),
+            chain_head: None,
         }
     }
 

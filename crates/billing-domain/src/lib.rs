@@ -9,6 +9,7 @@
 //! - [`event`]: the events and `Account::apply` (evolve).
 //! - [`command`]: commands, outcomes and rejections.
 //! - [`decide`]: `create` and `execute` (decide), and `quote`.
+//! - [`estimate`]: a basket's price and a month's plan comparison.
 //! - [`ledger`]: which events move money, for the transaction ledger.
 //! - [`timestamp`]: fast RFC 3339 serialization of stored times.
 
@@ -18,6 +19,7 @@ pub mod account;
 pub mod catalog;
 pub mod command;
 pub mod decide;
+pub mod estimate;
 pub mod event;
 pub mod ledger;
 pub mod money;

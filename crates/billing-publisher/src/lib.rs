@@ -6,12 +6,15 @@
 //!
 //! - [`message`]: the messages, a pure function of the events.
 //! - [`tail`]: a deduplicating consumer (`billing tail`).
+//! - [`probe`]: whether the brokers answer (the role's health).
 //! - [`run`]: the role. One publisher per checkpoint is active at a time (a
 //!   lease); stand-bys take over when it dies.
 
 #![forbid(unsafe_code)]
 
+pub mod digests;
 pub mod message;
+pub mod probe;
 pub mod tail;
 
 use std::sync::Arc;
@@ -26,6 +29,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::{Notify, watch};
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// The feed checkpoint the publisher keeps.
 pub const CHECKPOINT: &str = "kafka";
@@ -39,6 +44,8 @@ pub struct PublisherConfig {
     pub topic: String,
     /// `balance_low`, `balance_recovered`, `credit_limit_exceeded`.
     pub alerts_topic: String,
+    /// The digests of every hash-chain head the sweeper records.
+    pub digests_topic: String,
     /// Partitions of topics this publisher creates.
     pub partitions: i32,
     /// Replicas of topics this publisher creates.
@@ -55,6 +62,7 @@ impl PublisherConfig {
             brokers: brokers.to_owned(),
             topic: "billing.account_updated.v1".to_owned(),
             alerts_topic: "billing.balance_alerts.v1".to_owned(),
+            digests_topic: "billing.chain_digests.v1".to_owned(),
             partitions: 3,
             replication_factor: 1,
             batch: 2_000,
@@ -82,7 +90,7 @@ pub async fn ensure_topics(config: &PublisherConfig) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &config.brokers)
         .create()?;
-    let topics = [&config.topic, &config.alerts_topic].map(|name| {
+    let topics = [&config.topic, &config.alerts_topic, &config.digests_topic].map(|name| {
         NewTopic::new(
             name,
             config.partitions,
@@ -149,7 +157,9 @@ pub async fn run(store: Store, config: PublisherConfig, mut shutdown: watch::Rec
             continue;
         }
         tracing::info!("publisher: active");
+        metrics::gauge!("billing_publisher_active").set(1.0);
         publish_while_leased(&store, &config, &lease, &wakeup, &mut shutdown).await;
+        metrics::gauge!("billing_publisher_active").set(0.0);
         tracing::info!("publisher: lease ended");
     }
     listener.abort();
@@ -172,6 +182,8 @@ async fn publish_while_leased(
     shutdown: &mut watch::Receiver<bool>,
 ) {
     let mut producer: Option<FutureProducer> = None;
+    // Whether the next batch is published again after a failed delivery.
+    let mut retrying = false;
     while lease.is_held() && !*shutdown.borrow() {
         let cursor = match lease.cursor().await {
             Ok(cursor) => cursor,
@@ -210,7 +222,13 @@ async fn publish_while_leased(
                 }
             },
         };
-        match publish(&active, config, &batch).await {
+        if retrying {
+            metrics::counter!("billing_publisher_retries_total").increment(1);
+        }
+        match publish(&active, config, &batch)
+            .instrument(produce_span(&batch))
+            .await
+        {
             Ok(messages) => {
                 // Every message up to `last` is acknowledged: only now move.
                 if let Err(error) = lease.advance(last).await {
@@ -218,17 +236,39 @@ async fn publish_while_leased(
                     return;
                 }
                 tracing::debug!(events = batch.len(), messages, ?last, "published");
+                metrics::counter!("billing_publisher_events_total").increment(batch.len() as u64);
+                metrics::counter!("billing_publisher_messages_total").increment(messages as u64);
+                retrying = false;
                 producer = Some(active);
             }
             Err(error) => {
                 // Recreate the producer and republish from the cursor:
                 // duplicates, never gaps.
                 tracing::warn!(%error, ?cursor, "publisher: delivery failed; republishing from the cursor");
+                metrics::counter!("billing_publisher_delivery_errors_total").increment(1);
+                retrying = true;
                 drop(active);
                 wait(shutdown, BACKOFF).await;
             }
         }
     }
+}
+
+/// The span of producing one batch, linked to the spans of the requests that
+/// caused its events (when they were traced).
+fn produce_span(batch: &[(StoredEvent, Option<i64>)]) -> tracing::Span {
+    let span = tracing::info_span!(
+        "publisher.produce",
+        otel.kind = "producer",
+        messaging.system = "kafka",
+        events = batch.len(),
+    );
+    if !span.is_disabled() {
+        for cause in billing_store::causes(batch.iter().map(|(event, _)| event)) {
+            span.add_link(cause);
+        }
+    }
+    span
 }
 
 /// Produces the batch's messages in feed order and waits for every

@@ -154,8 +154,13 @@ fn headers(e: &StoredEvent, event_type: &str) -> Vec<(&'static str, String)> {
         ("event_type", event_type.to_owned()),
     ];
     if let Some(trace_id) = &e.trace_id {
-        // The request's trace; the span id is derived from the event id.
-        let span: String = e.event_id.simple().to_string().chars().skip(16).collect();
+        // The request's trace and span, so a consumer's span is a child of
+        // the call that made the change. An untraced request has no span:
+        // then one is derived from the event id.
+        let span = match &e.span_id {
+            Some(span) => span.clone(),
+            None => e.event_id.simple().to_string().chars().skip(16).collect(),
+        };
         headers.push(("traceparent", format!("00-{trace_id}-{span}-01")));
     }
     headers
@@ -273,6 +278,7 @@ mod tests {
             },
             idempotency_key: None,
             trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+            span_id: None,
             event,
             balances: Balances {
                 balance_credit: Micros(available),
@@ -326,6 +332,22 @@ mod tests {
                 .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
         );
         assert_eq!(traceparent.1.len(), 55);
+    }
+
+    #[test]
+    fn the_traceparent_names_the_span_of_the_request_when_it_was_traced() {
+        let mut e = stored(debited(), 15_500_000, 0);
+        e.span_id = Some("00f067aa0ba902b7".into());
+        let m = account_updated(&e);
+        let traceparent = m.headers.iter().find(|(k, _)| *k == "traceparent").unwrap();
+        assert_eq!(
+            traceparent.1,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        assert_eq!(
+            e.cause().map(|c| c.span_id().to_string()).as_deref(),
+            Some("00f067aa0ba902b7")
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `billing call METHOD JSON`: calls one RPC of the running service with a
 //! JSON request and prints the JSON reply, using the service's own embedded
-//! descriptors. A way to try the API without installing a gRPC client.
+//! descriptors. A way to try the API without installing a gRPC client. A
+//! streaming RPC (`WatchAccount`) prints one JSON line per message until the
+//! stream ends or the command is stopped.
 
 use std::io::Write as _;
 use std::str::FromStr;
@@ -52,33 +54,93 @@ pub async fn run(addr: &str, token: Option<&str>, method: &str, json: &str) -> a
     let codec = DynamicCodec {
         output: rpc.output(),
     };
+    if rpc.is_server_streaming() {
+        return stream(&mut grpc, call, path, codec).await;
+    }
     match grpc.unary(call, path, codec).await {
         Ok(reply) => {
-            let options = SerializeOptions::new()
-                .stringify_64_bit_integers(false)
-                .use_proto_field_name(true);
-            let mut out = serde_json::Serializer::pretty(Vec::new());
-            reply
+            let json = reply
                 .into_inner()
-                .serialize_with_options(&mut out, &options)?;
-            // A closed pipe (`| head`) is no error of ours.
-            let _ = writeln!(
-                std::io::stdout(),
-                "{}",
-                String::from_utf8_lossy(&out.into_inner())
-            );
-            Ok(())
+                .serialize_with_options(serde_json::value::Serializer, &json_options())?;
+            print_json(&json)
         }
         Err(status) => {
-            let reason = status
-                .get_error_details()
-                .error_info()
-                .map(|info| format!(" [{}]", info.reason))
-                .unwrap_or_default();
-            eprintln!("{:?}{reason}: {}", status.code(), status.message());
+            eprintln!("{}", describe(&status));
             std::process::exit(if status.code() == Code::Ok { 0 } else { 1 });
         }
     }
+}
+
+/// A server-streaming call (`WatchAccount`): one JSON line per message, as
+/// it arrives, until the stream ends or stdout closes.
+async fn stream(
+    grpc: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    call: tonic::Request<DynamicMessage>,
+    path: PathAndQuery,
+    codec: DynamicCodec,
+) -> anyhow::Result<()> {
+    let fail = |status: &Status| -> ! {
+        eprintln!("{}", describe(status));
+        std::process::exit(1);
+    };
+    let mut messages = match grpc.server_streaming(call, path, codec).await {
+        Ok(reply) => reply.into_inner(),
+        Err(status) => fail(&status),
+    };
+    loop {
+        match messages.message().await {
+            Ok(Some(message)) => {
+                let json = message
+                    .serialize_with_options(serde_json::value::Serializer, &json_options())?;
+                let mut stdout = std::io::stdout();
+                // A closed pipe (`| head`) ends the watch; no error of ours.
+                if writeln!(stdout, "{json}").is_err() || stdout.flush().is_err() {
+                    return Ok(());
+                }
+            }
+            Ok(None) => return Ok(()),
+            Err(status) => fail(&status),
+        }
+    }
+}
+
+/// The API's JSON: proto field names, 64-bit integers as numbers.
+fn json_options() -> SerializeOptions {
+    SerializeOptions::new()
+        .stringify_64_bit_integers(false)
+        .use_proto_field_name(true)
+}
+
+/// `message` (a `billing.v1` message named `name`, e.g. `BillingAccount`)
+/// as the API's JSON.
+pub(crate) fn message_json(
+    name: &str,
+    message: &impl Message,
+) -> anyhow::Result<serde_json::Value> {
+    let pool = DescriptorPool::decode(billing_proto::v1::FILE_DESCRIPTOR_SET)?;
+    let descriptor = pool
+        .get_message_by_name(&format!("billing.v1.{name}"))
+        .with_context(|| format!("no message billing.v1.{name}"))?;
+    let dynamic = DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())?;
+    Ok(dynamic.serialize_with_options(serde_json::value::Serializer, &json_options())?)
+}
+
+/// Prints `json` indented on stdout.
+pub(crate) fn print_json(json: &serde_json::Value) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(json)?;
+    // A closed pipe (`| head`) is no error of ours.
+    let _ = writeln!(std::io::stdout(), "{text}");
+    Ok(())
+}
+
+/// A refused call in one line: `NotFound [ACCOUNT_NOT_FOUND]: no account …`.
+pub(crate) fn describe(status: &Status) -> String {
+    let reason = status
+        .get_error_details()
+        .error_info()
+        .map(|info| format!(" [{}]", info.reason))
+        .unwrap_or_default();
+    format!("{:?}{reason}: {}", status.code(), status.message())
 }
 
 /// Encodes and decodes messages known only by their descriptors.

@@ -68,6 +68,13 @@ pub struct KafkaArgs {
         default_value = "billing.balance_alerts.v1"
     )]
     pub kafka_alerts_topic: String,
+    /// Where the digests of every hash-chain head are published.
+    #[arg(
+        long,
+        env = "BILLING_KAFKA_DIGESTS_TOPIC",
+        default_value = "billing.chain_digests.v1"
+    )]
+    pub kafka_digests_topic: String,
     /// Partitions of the topics when the publisher creates them.
     #[arg(long, env = "BILLING_KAFKA_PARTITIONS", default_value_t = 3)]
     pub kafka_partitions: i32,
@@ -86,6 +93,7 @@ impl KafkaArgs {
         Ok(billing_publisher::PublisherConfig {
             topic: self.kafka_topic.clone(),
             alerts_topic: self.kafka_alerts_topic.clone(),
+            digests_topic: self.kafka_digests_topic.clone(),
             partitions: self.kafka_partitions,
             replication_factor: self.kafka_replication,
             ..billing_publisher::PublisherConfig::new(brokers)
@@ -96,7 +104,7 @@ impl KafkaArgs {
 #[derive(Clone, Debug, clap::Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL URL, e.g. postgres://user@127.0.0.1:5432/billing.
-    #[arg(long, env = "BILLING_DATABASE_URL")]
+    #[arg(long, env = "BILLING_DATABASE_URL", hide_env_values = true)]
     pub database_url: Secret,
     /// Connections in the pool.
     #[arg(long, env = "BILLING_DB_POOL_SIZE", default_value_t = 32)]
@@ -119,7 +127,7 @@ pub enum PublicKeyAlgorithm {
 #[derive(Clone, Debug, clap::Args)]
 pub struct JwtArgs {
     /// Shared secret for HS256 tokens (at least 16 bytes).
-    #[arg(long, env = "BILLING_JWT_SECRET")]
+    #[arg(long, env = "BILLING_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<Secret>,
     /// A PEM public key file, for RS256 or ES256 tokens instead of a secret.
     #[arg(long, env = "BILLING_JWT_PUBLIC_KEY", conflicts_with = "jwt_secret")]
@@ -174,9 +182,21 @@ pub struct ServeConfig {
     pub jwt: JwtArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
-    /// Where the gRPC API listens.
-    #[arg(long, env = "BILLING_GRPC_ADDR", default_value = "127.0.0.1:50051")]
-    pub grpc_addr: SocketAddr,
+    /// Where the gRPC API, health and reflection listen (default
+    /// 127.0.0.1:50051). A process without the api role serves only health
+    /// and reflection, and only when this is set.
+    #[arg(long, env = "BILLING_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+    /// Where Prometheus metrics are served over HTTP, at /metrics, e.g.
+    /// 0.0.0.0:9464. Unset: no metrics endpoint.
+    #[arg(long, env = "BILLING_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// How often gRPC health is checked: the database, and the brokers for
+    /// the publisher role.
+    #[arg(long, env = "BILLING_HEALTH_INTERVAL_MS", default_value_t = 1_000)]
+    pub health_interval_ms: u64,
+    #[command(flatten)]
+    pub traces: crate::telemetry::TraceArgs,
     /// The roles this process runs.
     #[arg(
         long,
@@ -191,6 +211,10 @@ pub struct ServeConfig {
     /// How often the sweeper looks for expired holds and due token resets.
     #[arg(long, env = "BILLING_SWEEP_INTERVAL_MS", default_value_t = 1_000)]
     pub sweep_interval_ms: u64,
+    /// How often the sweeper records and logs a digest of every account's
+    /// hash-chain head (0: never).
+    #[arg(long, env = "BILLING_CHAIN_DIGEST_INTERVAL_S", default_value_t = 3_600)]
+    pub chain_digest_interval_s: u64,
     /// Apply pending migrations before serving.
     #[arg(long, env = "BILLING_MIGRATE", default_value_t = false)]
     pub migrate: bool,
@@ -217,15 +241,35 @@ impl ServeConfig {
                 kafka_brokers: None,
                 kafka_topic: "billing.account_updated.v1".to_owned(),
                 kafka_alerts_topic: "billing.balance_alerts.v1".to_owned(),
+                kafka_digests_topic: "billing.chain_digests.v1".to_owned(),
                 kafka_partitions: 3,
                 kafka_replication: 1,
             },
-            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            grpc_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            metrics_addr: None,
+            health_interval_ms: 200,
+            traces: crate::telemetry::TraceArgs::default(),
             roles: vec![Role::Api, Role::Sweeper, Role::Projector],
             rate_table: None,
             sweep_interval_ms: 200,
+            chain_digest_interval_s: 3_600,
             migrate: true,
         }
+    }
+
+    /// Where this process serves gRPC: the configured address, or with the
+    /// api role the default one. `None`: no gRPC server (a role-only process
+    /// without an address).
+    pub fn grpc_listen_addr(&self) -> Option<SocketAddr> {
+        self.grpc_addr.or_else(|| {
+            self.roles
+                .contains(&Role::Api)
+                .then_some(SocketAddr::from(([127, 0, 0, 1], 50051)))
+        })
+    }
+
+    pub fn health_interval(&self) -> Duration {
+        Duration::from_millis(self.health_interval_ms.max(10))
     }
 
     pub fn sweep_interval(&self) -> Duration {
@@ -260,7 +304,21 @@ mod tests {
         let cli = Cli::try_parse_from(["billing", "--database-url", "postgres://x@localhost/db"])
             .unwrap();
         assert_eq!(cli.serve.roles, [Role::Api, Role::Sweeper, Role::Projector]);
-        assert_eq!(cli.serve.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(
+            cli.serve
+                .grpc_listen_addr()
+                .map(|a| a.to_string())
+                .as_deref(),
+            Some("127.0.0.1:50051")
+        );
+        assert_eq!(
+            cli.serve.metrics_addr, None,
+            "metrics are off unless asked for"
+        );
+        assert_eq!(
+            cli.serve.traces.otlp_endpoint, None,
+            "no traces leave unless asked"
+        );
         assert_eq!(
             ServeConfig::for_database("x", "0123456789abcdef").roles,
             cli.serve.roles,
@@ -273,6 +331,11 @@ mod tests {
         let cli = Cli::try_parse_from(["billing", "--database-url", "u", "--roles", "projector"])
             .unwrap();
         assert_eq!(cli.serve.roles, [Role::Projector]);
+        assert_eq!(
+            cli.serve.grpc_listen_addr(),
+            None,
+            "a role-only process serves health only where told"
+        );
         assert!(
             Cli::try_parse_from(["billing", "--database-url", "u", "--roles", "nope"]).is_err()
         );

@@ -5,25 +5,41 @@
 //! - [`Application`]: binds the listener (port 0 in tests) and runs roles
 //!   until a shutdown future resolves.
 //! - [`config`]: flags and `BILLING_*` environment variables.
-//! - [`telemetry`]: log output.
+//! - [`telemetry`]: logs, and traces over OTLP.
+//! - [`metrics`]: Prometheus metrics at `/metrics` on a port of their own.
+//! - [`health`]: gRPC health per role, from the database and the brokers;
+//!   [`healthcheck`] is `billing health`, its client.
 //! - [`sweeper`]: the sweeper role.
 //! - [`projector`]: the projector role (read models); the publisher role
 //!   lives in `billing-publisher`.
 //! - [`call`]: `billing call`, a JSON client for trying the API.
+//! - [`admin`]: `billing admin`, an operator's commands over the API.
+//! - [`rebuild`]: `billing rebuild`, with progress.
+//! - [`verify`]: `billing verify`, the hash chains checked; [`digest`]: the
+//!   sweeper's periodic digest of their heads.
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod call;
 pub mod config;
+pub mod digest;
+pub mod health;
+pub mod healthcheck;
+pub mod metrics;
 pub mod projector;
+pub mod rebuild;
 pub mod sweeper;
 pub mod telemetry;
+pub mod verify;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context as _;
+use billing_api::BillingApi;
 use billing_api::auth::{AuthLayer, Authenticator};
-use billing_api::{BillingApi, BillingServiceServer};
+use billing_api::telemetry::TelemetryLayer;
 use billing_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -35,9 +51,13 @@ pub use config::{Role, ServeConfig};
 /// A configured, bound service, ready to run.
 #[derive(Debug)]
 pub struct Application {
-    /// The API's socket (bound in `build`, so its port is known before
-    /// `run`) and its token verifier.
-    listener: Option<(TcpListener, Authenticator)>,
+    /// The gRPC socket (the API with its role, health and reflection in any
+    /// case), bound in `build`, so its port is known before `run`.
+    grpc: Option<TcpListener>,
+    /// The API's token verifier, when this process runs the API.
+    authenticator: Option<Authenticator>,
+    /// The metrics port and the recorder it renders, when metrics are on.
+    metrics: Option<(TcpListener, metrics_exporter_prometheus::PrometheusHandle)>,
     /// The publisher's settings, when this process runs it.
     publisher: Option<billing_publisher::PublisherConfig>,
     store: Store,
@@ -45,8 +65,13 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects the store, migrates when configured, and binds the API.
+    /// Connects the store, migrates when configured, and binds the gRPC and
+    /// metrics ports.
     pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
+        let metrics = match config.metrics_addr {
+            Some(addr) => Some((metrics::bind(addr).await?, metrics::install()?)),
+            None => None,
+        };
         let store = Store::connect(
             config.database.database_url.expose(),
             config.database.pool_size,
@@ -67,27 +92,32 @@ impl Application {
         } else {
             None
         };
-        let listener = if config.roles.contains(&Role::Api) {
-            let listener = TcpListener::bind(config.grpc_addr)
-                .await
-                .with_context(|| format!("binding {}", config.grpc_addr))?;
-            Some(listener)
-        } else {
-            None
+        let grpc = match config.grpc_listen_addr() {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding {addr}"))?,
+            ),
+            None => None,
         };
         Ok(Self {
+            grpc,
+            authenticator,
+            metrics,
             publisher,
-            listener: listener.zip(authenticator),
             store,
             config,
         })
     }
 
-    /// Where the API listens, when this process runs it.
+    /// Where gRPC is served (the API, health), when this process serves it.
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.listener
-            .as_ref()
-            .and_then(|(l, _)| l.local_addr().ok())
+        self.grpc.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Where `/metrics` is served, when metrics are on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     pub fn store(&self) -> &Store {
@@ -102,30 +132,67 @@ impl Application {
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
+        if let Some((listener, handle)) = self.metrics {
+            let scrape = metrics::Scrape::new(handle, self.store.clone(), &self.config.roles);
+            tasks.spawn(metrics::serve(listener, Arc::new(scrape), stop_rx.clone()));
+        }
         if self.config.roles.contains(&Role::Sweeper) {
+            tracing::info!(
+                every_ms = self.config.sweep_interval().as_millis() as u64,
+                "started the sweeper: expires holds and tokens when due"
+            );
             tasks.spawn(sweeper::run(
                 self.store.clone(),
                 self.config.sweep_interval(),
                 stop_rx.clone(),
             ));
+            let every = self.config.chain_digest_interval_s;
+            if every > 0 {
+                tasks.spawn(digest::run(
+                    self.store.clone(),
+                    std::time::Duration::from_secs(every),
+                    stop_rx.clone(),
+                ));
+            }
         }
         if self.config.roles.contains(&Role::Projector) {
+            tracing::info!("started the projector: keeps balances and the ledger current");
             tasks.spawn(projector::run(self.store.clone(), stop_rx.clone()));
         }
+        let brokers = self.publisher.as_ref().map(|p| p.brokers.clone());
         if let Some(publisher) = self.publisher {
+            tracing::info!(
+                brokers = %publisher.brokers,
+                topic = %publisher.topic,
+                "started the publisher: sends every balance change to Kafka"
+            );
+            tasks.spawn(billing_publisher::digests::run(
+                self.store.clone(),
+                publisher.clone(),
+                stop_rx.clone(),
+            ));
             tasks.spawn(billing_publisher::run(
                 self.store.clone(),
                 publisher,
                 stop_rx.clone(),
             ));
         }
-        let serve = match self.listener {
-            Some((listener, authenticator)) => Some(serve_api(
-                listener,
-                authenticator,
-                self.store.clone(),
-                stop_rx.clone(),
-            )),
+        let serve = match self.grpc {
+            Some(listener) => {
+                let monitor = health::Monitor {
+                    store: self.store.clone(),
+                    roles: self.config.roles.clone(),
+                    brokers,
+                    interval: self.config.health_interval(),
+                };
+                Some(serve_grpc(
+                    listener,
+                    self.authenticator,
+                    monitor,
+                    self.store.clone(),
+                    stop_rx.clone(),
+                ))
+            }
             None => None,
         };
         tokio::spawn(async move {
@@ -146,27 +213,43 @@ impl Application {
     }
 }
 
-async fn serve_api(
+/// Serves gRPC health (kept current by `monitor`) and reflection, and with
+/// an authenticator (the api role) the billing service behind its telemetry
+/// and auth layers.
+async fn serve_grpc(
     listener: TcpListener,
-    authenticator: Authenticator,
+    authenticator: Option<Authenticator>,
+    monitor: health::Monitor,
     store: Store,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<BillingServiceServer<BillingApi>>()
-        .await;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    // The first check before the first call is answered.
+    let _monitor = monitor.start(reporter, stop.clone()).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(billing_proto::v1::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building the reflection service")?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, "gRPC API listening");
+    let api = authenticator.map(|authenticator| {
+        // Every call is traced and measured, refused ones too; health and
+        // reflection stay open, every billing RPC is authenticated.
+        TelemetryLayer.layer(
+            AuthLayer::new(authenticator).layer(
+                BillingApi::new(store)
+                    .with_shutdown(stop.clone())
+                    .into_server(),
+            ),
+        )
+    });
+    match &api {
+        Some(_) => tracing::info!(%addr, "started the API: gRPC on {addr}"),
+        None => tracing::info!(%addr, "gRPC health on {addr}"),
+    }
     billing_api::edge::transport()
         .add_service(health_service)
         .add_service(reflection)
-        // Health and reflection stay open; every billing RPC is authenticated.
-        .add_service(AuthLayer::new(authenticator).layer(BillingApi::new(store).into_server()))
+        .add_optional_service(api)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = stop.wait_for(|stopped| *stopped).await;
         })

@@ -28,12 +28,21 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run the service's roles (API, sweeper and projector by default).
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Apply pending database migrations, then exit.
     Migrate(DatabaseArgs),
     /// Rebuild the read models (accounts, ledger) from the events, while the
     /// service keeps running.
     Rebuild(DatabaseArgs),
+    /// Recompute every account's hash chain (or one account's) from the
+    /// stored events; name the first broken link and exit 1 if there is one.
+    Verify {
+        /// Only this account's chain.
+        #[arg(long)]
+        account: Option<uuid::Uuid>,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
     /// Print how far the projector is behind the events.
     Lag(DatabaseArgs),
     /// Mint an HS256 bearer token (with BILLING_JWT_SECRET) for trying the API.
@@ -67,6 +76,9 @@ enum Cmd {
     },
     /// Print the default rate table as TOML (a starting point for BILLING_RATE_TABLE).
     Rates,
+    /// An operator's commands: find accounts, read balances and ledgers, top
+    /// up, adjust, freeze (over the gRPC API, with BILLING_TOKEN).
+    Admin(billing_server::admin::AdminArgs),
     /// Call one RPC with a JSON request and print the JSON reply.
     Call {
         /// The RPC, e.g. CreateBillingAccount.
@@ -78,19 +90,50 @@ enum Cmd {
         #[arg(long, env = "BILLING_GRPC_ADDR", default_value = "127.0.0.1:50051")]
         addr: String,
         /// A bearer token to send.
-        #[arg(long, env = "BILLING_TOKEN")]
+        #[arg(long, env = "BILLING_TOKEN", hide_env_values = true)]
         token: Option<String>,
+    },
+    /// Exit 0 if a running process reports SERVING on gRPC health, else 1
+    /// (for container health checks).
+    Health {
+        /// The process's gRPC address.
+        #[arg(long, env = "BILLING_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+        addr: String,
+        /// The service to ask about: "" (the process), or a role: api,
+        /// sweeper, projector, publisher.
+        #[arg(long, default_value = "")]
+        service: String,
+        /// How long to wait for an answer.
+        #[arg(long, default_value_t = 3)]
+        timeout_seconds: u64,
     },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    // Only `serve` exports traces.
+    let traces = match &cli.command {
+        Cmd::Serve(config) => Some(&config.traces),
+        _ => None,
+    };
+    let telemetry = telemetry::init(cli.log_format, traces)?;
     match cli.command {
         Cmd::Serve(config) => {
-            let app = Application::build(config).await?;
-            app.run(shutdown_signal()).await
+            let result = match Application::build(*config).await {
+                Ok(app) => app.run(shutdown_signal()).await,
+                Err(error) => Err(error),
+            };
+            telemetry.shutdown().await;
+            result
+        }
+        Cmd::Health {
+            addr,
+            service,
+            timeout_seconds,
+        } => {
+            let timeout = std::time::Duration::from_secs(timeout_seconds);
+            billing_server::healthcheck::run(&addr, &service, timeout).await
         }
         Cmd::Migrate(db) => {
             let store = connect(&db)?;
@@ -104,15 +147,12 @@ async fn main() -> anyhow::Result<()> {
             addr,
             token,
         } => billing_server::call::run(&addr, token.as_deref(), &method, &json).await,
-        Cmd::Rebuild(db) => {
-            let store = connect(&db)?;
-            let started = std::time::Instant::now();
-            let report = store.rebuild_read_models(1_000).await?;
-            println!(
-                "rebuilt the read models from {} events in {:.1} s",
-                report.applied,
-                started.elapsed().as_secs_f64()
-            );
+        Cmd::Admin(args) => billing_server::admin::run(args).await,
+        Cmd::Rebuild(db) => billing_server::rebuild::run(&connect(&db)?).await,
+        Cmd::Verify { account, db } => {
+            if !billing_server::verify::run(&connect(&db)?, account).await? {
+                std::process::exit(1);
+            }
             Ok(())
         }
         Cmd::Lag(db) => {

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use billing_store::{READ_MODELS, Store};
+use billing_store::{READ_MODELS, Store, StoredEvent};
 use tokio::sync::{Notify, watch};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// Events per batch (one transaction).
 // Large enough that at the command path's peak (several thousand events a
@@ -27,9 +28,14 @@ pub async fn run(store: Store, mut shutdown: watch::Receiver<bool>) {
     let listener = tokio::spawn(listen(store.clone(), wakeup.clone()));
     let mut lag_report = tokio::time::interval(LAG_REPORT);
     loop {
-        let more = match store.project_batch(READ_MODELS, BATCH).await {
+        let more = match store
+            .project_batch_traced(READ_MODELS, BATCH, apply_span)
+            .await
+        {
             Ok(Some(report)) => {
                 if report.applied > 0 {
+                    metrics::counter!("billing_projector_events_total")
+                        .increment(report.applied as u64);
                     tracing::debug!(
                         applied = report.applied,
                         skipped = report.skipped,
@@ -63,6 +69,22 @@ pub async fn run(store: Store, mut shutdown: watch::Receiver<bool>) {
     }
     listener.abort();
     tracing::info!("projector stopped");
+}
+
+/// The span of folding a batch in, linked to the spans of the requests that
+/// caused its events (when they were traced).
+fn apply_span(events: &[StoredEvent]) -> tracing::Span {
+    let span = tracing::info_span!(
+        "projector.apply",
+        otel.kind = "consumer",
+        events = events.len()
+    );
+    if !span.is_disabled() {
+        for cause in billing_store::causes(events) {
+            span.add_link(cause);
+        }
+    }
+    span
 }
 
 /// Keeps a LISTEN connection open, reconnecting after failures.

@@ -17,6 +17,7 @@ pub async fn run(store: Store, interval: Duration, mut shutdown: watch::Receiver
         actor: Actor::system(),
         idempotency: None,
         trace_id: None,
+        span_id: None,
     };
     loop {
         tokio::select! {
@@ -34,13 +35,22 @@ pub async fn run(store: Store, interval: Duration, mut shutdown: watch::Receiver
         let sweeps = due.into_iter().map(|account_id| {
             let (store, meta) = (&store, &meta);
             async move {
-                match store.execute(account_id, meta, &Command::Housekeep).await {
-                    Ok(Ok(_)) => tracing::debug!(%account_id, "sweeper: housekeeping recorded"),
+                let outcome = match store.execute(account_id, meta, &Command::Housekeep).await {
+                    Ok(Ok(_)) => {
+                        tracing::debug!(%account_id, "sweeper: housekeeping recorded");
+                        "recorded"
+                    }
                     Ok(Err(rejection)) => {
                         tracing::warn!(%account_id, %rejection, "sweeper: refused");
+                        "refused"
                     }
-                    Err(error) => tracing::warn!(%account_id, %error, "sweeper: store failure"),
-                }
+                    Err(error) => {
+                        tracing::warn!(%account_id, %error, "sweeper: store failure");
+                        "failed"
+                    }
+                };
+                metrics::counter!("billing_sweeper_accounts_total", "outcome" => outcome)
+                    .increment(1);
             }
         });
         futures::future::join_all(sweeps).await;

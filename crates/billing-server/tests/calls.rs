@@ -392,14 +392,7 @@ async fn a_frozen_account_refuses_new_spending_and_still_reads() {
     let app = TestApp::spawn().await;
     let mut client = app.client.clone();
     let account = app.account(100_000).await;
-    client
-        .update_billing_account(pb::UpdateBillingAccountRequest {
-            id: account.id.clone(),
-            status: Some(pb::AccountStatus::Frozen.into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    app.freeze(&account.id).await;
     let err = client
         .reserve(reserve("f", &account.id, S::CallPstnOutgoing, 1))
         .await

@@ -29,11 +29,6 @@ impl Drop for Running {
     }
 }
 
-fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
-
 /// Starts `billing serve` and waits until it answers.
 async fn start(db: &TestDb, addr: &str) -> (Running, support::Client) {
     let mut child = Running(
@@ -70,7 +65,7 @@ fn add(account_id: &str, key: &str) -> pb::AddBalanceRequest {
 #[tokio::test]
 async fn no_acknowledged_change_is_lost_when_the_server_is_killed() {
     let db = TestDb::new().await;
-    let addr = free_addr();
+    let addr = support::free_addr().to_string();
     let (mut server, mut client) = start(&db, &addr).await;
     let account = client
         .create_billing_account(pb::CreateBillingAccountRequest {

@@ -470,16 +470,25 @@ async fn health_is_open_and_reports_serving() {
         .await
         .unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let reply = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "billing.v1.BillingService".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    // Serving once the first probe of the database has answered.
+    let mut status = None;
+    for _ in 0..50 {
+        let reply = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "billing.v1.BillingService".into(),
+            })
+            .await
+            .expect("registered from the start")
+            .into_inner();
+        status = Some(reply.status());
+        if status == Some(tonic_health::pb::health_check_response::ServingStatus::Serving) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!(
-        reply.status(),
-        tonic_health::pb::health_check_response::ServingStatus::Serving
+        status,
+        Some(tonic_health::pb::health_check_response::ServingStatus::Serving)
     );
     // Health needs no token; the billing service does.
     let mut anonymous = support::connect(app.addr, None).await;

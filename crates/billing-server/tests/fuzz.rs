@@ -48,6 +48,8 @@ enum Call {
     Balance(pb::GetBalanceRequest),
     Accounts(pb::ListBillingAccountsRequest),
     Ledger(pb::ListTransactionsRequest),
+    Estimate(pb::EstimateCostRequest),
+    Plans(pb::ComparePlansRequest),
 }
 
 /// Strings no field should take lightly.
@@ -413,7 +415,31 @@ fn calls(ids: &[String]) -> BoxedStrategy<Call> {
                 min_version,
             })
         });
+    let usage_lines = || {
+        prop::collection::vec(
+            (enumeration(10), int(0i64..1_000), usage()).prop_map(|(s, count, (ms, q))| {
+                pb::UsageLine {
+                    service_type: s,
+                    count,
+                    duration_ms: ms,
+                    quantity: q,
+                }
+            }),
+            0..4,
+        )
+    };
+    let estimate = (
+        prop_oneof![Just(String::new()), account_id(ids)],
+        usage_lines(),
+    )
+        .prop_map(|(account_id, lines)| {
+            Call::Estimate(pb::EstimateCostRequest { account_id, lines })
+        });
+    let plans = usage_lines()
+        .prop_map(|monthly_usage| Call::Plans(pb::ComparePlansRequest { monthly_usage }));
     Union::new_weighted(vec![
+        (1, estimate.boxed()),
+        (1, plans.boxed()),
         (1, create.boxed()),
         (1, get.boxed()),
         (2, update.boxed()),
@@ -450,6 +476,8 @@ impl Call {
             Self::Balance(r) => ("GetBalance", r.encode_to_vec()),
             Self::Accounts(r) => ("ListBillingAccounts", r.encode_to_vec()),
             Self::Ledger(r) => ("ListTransactions", r.encode_to_vec()),
+            Self::Estimate(r) => ("EstimateCost", r.encode_to_vec()),
+            Self::Plans(r) => ("ComparePlans", r.encode_to_vec()),
         }
     }
 }
@@ -522,6 +550,8 @@ fn mutate(
             Kind::Int32 => Value::I32(m.int32),
             Kind::Enum(_) => Value::EnumNumber(m.int32),
             Kind::Bool => Value::Bool(!message.get_field(field).as_bool().unwrap_or(false)),
+            // Lists (usage lines) keep their generated items.
+            _ if field.is_list() => continue,
             Kind::Message(timestamp) => {
                 let mut t = DynamicMessage::new(timestamp);
                 t.set_field_by_name("seconds", Value::I64(m.time.0));

@@ -10,12 +10,14 @@
 use std::collections::{BTreeMap, HashMap};
 
 use billing_domain::{
-    Account, AccountView, Balances, Command, CommitOutcome, Context, CreateAccount, Event,
-    Executed, Hold, Outcome, RateTable, Rejection, ReservationStatus, ResolvedReservation,
+    Account, Balances, Command, CommitOutcome, Context, CreateAccount, Event, Executed, Hold,
+    Outcome, RateTable, Recorded, Rejection, ReservationStatus, ResolvedReservation,
 };
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound as _, Utc};
 use uuid::Uuid;
 
+use crate::chain::{self, ChainHash, Content};
+use crate::document::Document;
 use crate::{Idempotency, RequestMeta, StoreError};
 
 /// A command's answer: the outcome to reply with, or why it was refused.
@@ -76,19 +78,57 @@ pub(crate) struct Loaded {
     pub reservations: HashMap<String, ResolvedReservation>,
 }
 
-/// An event row to append.
+/// An event row to append, its documents serialized and its chain link
+/// computed (`chain.rs`).
 #[derive(Debug)]
 pub(crate) struct EventRow {
+    pub event_id: Uuid,
     pub account_id: Uuid,
     pub version: i64,
     pub event: Event,
     pub balances: Balances,
-    pub account_after: AccountView,
+    /// The event's payload, as stored.
+    pub payload: Document,
+    /// The account view after the event, as stored.
+    pub account_after: Document,
+    /// To the microsecond, as PostgreSQL keeps it (and as it is hashed).
     pub occurred_at: DateTime<Utc>,
     pub principal: String,
     pub role: String,
     pub idempotency_key: Option<String>,
     pub trace_id: Option<String>,
+    pub hash: ChainHash,
+    pub span_id: Option<String>,
+}
+
+impl EventRow {
+    /// What the chain hashes: the row as PostgreSQL will store it.
+    pub fn content(&self) -> Content<'_> {
+        let b = &self.balances;
+        Content {
+            event_id: self.event_id,
+            account_id: self.account_id,
+            version: self.version,
+            event_type: self.event.event_type(),
+            schema_version: billing_domain::EVENT_SCHEMA_VERSION,
+            occurred_at_micros: self.occurred_at.timestamp_micros(),
+            principal: &self.principal,
+            role: &self.role,
+            idempotency_key: self.idempotency_key.as_deref(),
+            trace_id: self.trace_id.as_deref(),
+            span_id: self.span_id.as_deref(),
+            payload: &self.payload.0,
+            balances: [
+                b.balance_credit.get(),
+                b.balance_token.get(),
+                b.reserved_credit.get(),
+                b.reserved_token.get(),
+                b.available_credit.get(),
+                b.available_token.get(),
+            ],
+            account_after: Some(&self.account_after.0),
+        }
+    }
 }
 
 /// A reservation row as the batch leaves it.
@@ -241,6 +281,46 @@ struct Batch<'a> {
 }
 
 impl Batch<'_> {
+    /// Queues `events` of `account` for appending, each linked to the one
+    /// before it in the account's hash chain; returns the new chain head.
+    fn append_events(
+        &mut self,
+        account_id: Uuid,
+        account: &Account,
+        events: Vec<Recorded>,
+        now: DateTime<Utc>,
+        meta: &RequestMeta,
+    ) -> Result<ChainHash, StoreError> {
+        let mut head = account
+            .chain_head
+            .as_deref()
+            .and_then(chain::from_hex)
+            .unwrap_or(chain::GENESIS);
+        let occurred_at = now.trunc_subsecs(6);
+        let idempotency_key = meta.idempotency.as_ref().map(|i| i.key.clone());
+        for r in events {
+            let row = EventRow {
+                event_id: Uuid::now_v7(),
+                account_id,
+                version: r.version,
+                payload: Document::of(&r.event)?,
+                account_after: Document::of(&r.account)?,
+                event: r.event,
+                balances: r.balances,
+                occurred_at,
+                principal: meta.actor.principal.clone(),
+                role: meta.actor.role.clone(),
+                idempotency_key: idempotency_key.clone(),
+                trace_id: meta.trace_id.clone(),
+                span_id: meta.span_id.clone(),
+                hash: chain::GENESIS,
+            };
+            head = chain::link(&head, &row.content());
+            self.events.push(EventRow { hash: head, ..row });
+        }
+        Ok(head)
+    }
+
     fn run(&mut self, work: &Work, meta: &RequestMeta) -> Result<Answer, StoreError> {
         if let Some(replayed) = meta.idempotency.as_ref().and_then(|i| self.replay(i)) {
             return Ok(replayed);
@@ -296,24 +376,16 @@ impl Batch<'_> {
         };
         let Executed {
             events,
-            account,
+            mut account,
             outcome,
         } = executed;
         for row in rows {
             self.record_reservation(row);
         }
-        self.events.extend(events.into_iter().map(|r| EventRow {
-            account_id,
-            version: r.version,
-            event: r.event,
-            balances: r.balances,
-            account_after: r.account,
-            occurred_at: now,
-            principal: meta.actor.principal.clone(),
-            role: meta.actor.role.clone(),
-            idempotency_key: meta.idempotency.as_ref().map(|i| i.key.clone()),
-            trace_id: meta.trace_id.clone(),
-        }));
+        if !events.is_empty() {
+            let head = self.append_events(account_id, &account, events, now, meta)?;
+            account.chain_head = Some(chain::to_hex(&head));
+        }
         self.loaded.accounts.insert(account_id, Some(account));
         if let Some(idempotency) = &meta.idempotency {
             self.loaded.keys.insert(
@@ -456,6 +528,7 @@ mod tests {
             actor: Actor::system(),
             idempotency: None,
             trace_id: None,
+            span_id: None,
         }
     }
 

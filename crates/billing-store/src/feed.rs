@@ -43,11 +43,35 @@ pub struct StoredEvent {
     pub actor: Actor,
     pub idempotency_key: Option<String>,
     pub trace_id: Option<String>,
+    /// The span of the request that caused the event, when it was traced.
+    pub span_id: Option<String>,
     pub event: Event,
     pub balances: Balances,
     /// The account view after the event (`None` for events written before
     /// migration 0003).
     pub account_after: Option<AccountView>,
+}
+
+/// The most links a span of work on many events carries (the OpenTelemetry
+/// SDK's default limit too).
+pub const MAX_CAUSES: usize = 128;
+
+/// The distinct spans of the requests that caused `events` (a request's
+/// events come together), at most [`MAX_CAUSES`]: what a span of work on
+/// them links to.
+pub fn causes<'a>(
+    events: impl IntoIterator<Item = &'a StoredEvent>,
+) -> Vec<opentelemetry::trace::SpanContext> {
+    let mut causes: Vec<opentelemetry::trace::SpanContext> = Vec::new();
+    for cause in events.into_iter().filter_map(StoredEvent::cause) {
+        if causes.len() == MAX_CAUSES {
+            break;
+        }
+        if causes.last() != Some(&cause) {
+            causes.push(cause);
+        }
+    }
+    causes
 }
 
 /// The event columns readers select. The xid goes out as text under another
@@ -56,7 +80,27 @@ pub struct StoredEvent {
 pub(crate) const COLUMNS: &str = "position, xid::text AS xid_text, event_id, account_id, version, event_type, schema_version,
      occurred_at, actor_principal, actor_role, idempotency_key, trace_id, payload,
      balance_credit, balance_token, reserved_credit, reserved_token, available_credit, available_token,
-     account_after";
+     account_after, span_id";
+
+/// [`COLUMNS`] without the account view, for the projector: it folds the
+/// events itself and never reads the view, which is most of a row's bytes
+/// and of its parsing.
+const COLUMNS_WITHOUT_VIEW: &str = "position, xid::text AS xid_text, event_id, account_id, version, event_type, schema_version,
+     occurred_at, actor_principal, actor_role, idempotency_key, trace_id, payload,
+     balance_credit, balance_token, reserved_credit, reserved_token, available_credit, available_token,
+     NULL::json AS account_after, span_id";
+
+/// What a feed reader reads of each event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FeedColumns {
+    /// Every column.
+    All,
+    /// Every column but the account view (the projector).
+    WithoutView,
+    /// Every column, and the predecessor's available credit, for the
+    /// publisher's crossing alerts.
+    WithPrevious,
+}
 
 impl StoredEvent {
     pub(crate) fn from_row(row: &Row) -> Result<Self, StoreError> {
@@ -93,28 +137,49 @@ impl StoredEvent {
             account_after: row
                 .try_get::<_, Option<Json<AccountView>>>(19)?
                 .map(|Json(view)| view),
+            span_id: row.get(20),
         })
+    }
+
+    /// The span of the request that caused this event, for a link from the
+    /// work the event causes (projecting it, publishing it). `None` when the
+    /// request was not traced.
+    pub fn cause(&self) -> Option<opentelemetry::trace::SpanContext> {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+        let span_id = SpanId::from_hex(self.span_id.as_deref()?).ok()?;
+        let trace_id = TraceId::from_hex(self.trace_id.as_deref()?).ok()?;
+        let context = SpanContext::new(
+            trace_id,
+            span_id,
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::NONE,
+        );
+        context.is_valid().then_some(context)
     }
 }
 
 /// The feed query, the one definition every reader uses: events after
 /// `after` in `(xid, position)` order, only from transactions below the
 /// snapshot's xmin (all finished), so nothing can later appear behind the
-/// cursor. `with_previous` adds the predecessor event's available credit.
+/// cursor.
 pub(crate) async fn feed_rows(
     client: &impl tokio_postgres::GenericClient,
     after: Cursor,
     limit: i64,
-    with_previous: bool,
+    columns: FeedColumns,
 ) -> Result<Vec<Row>, StoreError> {
-    let previous = if with_previous {
-        ", (SELECT p.available_credit FROM events p
-            WHERE p.account_id = events.account_id AND p.version = events.version - 1)"
-    } else {
-        ""
+    let (columns, previous) = match columns {
+        FeedColumns::All => (COLUMNS, ""),
+        FeedColumns::WithoutView => (COLUMNS_WITHOUT_VIEW, ""),
+        FeedColumns::WithPrevious => (
+            COLUMNS,
+            ", (SELECT p.available_credit FROM events p
+            WHERE p.account_id = events.account_id AND p.version = events.version - 1)",
+        ),
     };
     let sql = format!(
-        "SELECT {COLUMNS}{previous} FROM events
+        "SELECT {columns}{previous} FROM events
          WHERE (xid, position) > ($1::text::xid8, $2)
            AND xid < pg_snapshot_xmin(pg_current_snapshot())
          ORDER BY xid, position
@@ -135,7 +200,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let client = self.pool.get().await?;
-        let rows = feed_rows(&**client, after, limit, false).await?;
+        let rows = feed_rows(&**client, after, limit, FeedColumns::All).await?;
         rows.iter().map(StoredEvent::from_row).collect()
     }
 
@@ -157,9 +222,9 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<(StoredEvent, Option<i64>)>, StoreError> {
         let client = self.pool.get().await?;
-        let rows = feed_rows(&**client, after, limit, true).await?;
+        let rows = feed_rows(&**client, after, limit, FeedColumns::WithPrevious).await?;
         rows.iter()
-            .map(|row| Ok((StoredEvent::from_row(row)?, row.get(20))))
+            .map(|row| Ok((StoredEvent::from_row(row)?, row.get(21))))
             .collect()
     }
 

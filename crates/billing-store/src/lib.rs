@@ -11,22 +11,34 @@
 //!   consistent.
 //! - [`Store::read_feed`] follows the global event feed with the
 //!   `(xid, position)` cursor, for the projector and publisher.
+//! - [`Store::read_views`] and [`Store::account_views`] feed live account
+//!   views (`WatchAccount`): the view after each event, from the feed and
+//!   from one account's history.
 //! - [`Store::project_batch`] folds the feed into the read models
 //!   (`rm_accounts`, `ledger_entries`); `list_accounts`, `ledger` and
 //!   `balances_as_of` read them.
+//! - [`chain`]: each event's hash links it to the account's previous one;
+//!   [`Store::verify_chains`] walks every chain and names the first broken
+//!   link, [`Store::record_chain_digest`] pins every head at an instant.
 //! - [`migrate`] applies the embedded migrations.
 
 #![forbid(unsafe_code)]
 
 mod batch;
+pub mod chain;
 mod command;
+mod document;
 mod error;
 mod feed;
 mod migrate;
+mod observe;
 mod pipeline;
+mod probe;
 mod projection;
 mod read;
 mod sql;
+mod verify;
+mod watch;
 mod writer;
 
 use std::sync::{Arc, OnceLock};
@@ -38,9 +50,14 @@ use tokio_postgres::NoTls;
 
 pub use command::Answer;
 pub use error::StoreError;
-pub use feed::{Cursor, Lease, StoredEvent};
+pub use feed::{Cursor, Lease, MAX_CAUSES, StoredEvent, causes};
 pub use migrate::{MIGRATIONS, migrate};
-pub use projection::{BatchReport, Gap, Lag, LedgerEntry, LedgerQuery, READ_MODELS};
+pub use probe::DatabaseProbe;
+pub use projection::{
+    BatchReport, Gap, Lag, LedgerEntry, LedgerQuery, READ_MODELS, RebuildProgress,
+};
+pub use verify::{ChainDigest, Verification};
+pub use watch::{VersionedView, ViewPage};
 
 /// Who made a change: recorded on every event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +93,10 @@ pub struct RequestMeta {
     pub actor: Actor,
     pub idempotency: Option<Idempotency>,
     pub trace_id: Option<String>,
+    /// The request's span (W3C, 16 hex digits) when it is traced: stored on
+    /// its events, so the work they cause later (projection, publishing)
+    /// links back to it.
+    pub span_id: Option<String>,
 }
 
 /// The time source; tests may pin it.
@@ -237,4 +258,34 @@ impl Store {
         self.pool.get().await?.simple_query("SELECT 1").await?;
         Ok(())
     }
+
+    /// A health probe on a connection of its own (see [`DatabaseProbe`]).
+    pub fn database_probe(&self) -> DatabaseProbe {
+        DatabaseProbe::new(self.config.clone())
+    }
+
+    /// The connection pool's state now, for metrics.
+    pub fn pool_status(&self) -> PoolStatus {
+        let status = self.pool.status();
+        PoolStatus {
+            max_size: status.max_size,
+            size: status.size,
+            available: status.available,
+            waiting: status.waiting,
+        }
+    }
+}
+
+/// The connection pool's state (the command writers' own connections
+/// aside).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// The most connections the pool opens.
+    pub max_size: usize,
+    /// Connections open now.
+    pub size: usize,
+    /// Open connections not in use.
+    pub available: usize,
+    /// Callers waiting for a connection.
+    pub waiting: usize,
 }

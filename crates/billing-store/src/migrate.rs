@@ -37,6 +37,16 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0006_reservations_without_fk",
         include_str!("../../../migrations/0006_reservations_without_fk.sql"),
     ),
+    (
+        7,
+        "0007_event_span_id",
+        include_str!("../../../migrations/0007_event_span_id.sql"),
+    ),
+    (
+        8,
+        "0008_event_chain",
+        include_str!("../../../migrations/0008_event_chain.sql"),
+    ),
 ];
 
 /// Serializes concurrent migrators (several replicas starting at once).

@@ -13,6 +13,7 @@ use tokio_postgres::{Client, NoTls, Row, Statement};
 use uuid::Uuid;
 
 use crate::batch::Writes;
+use crate::document::{Document, documents};
 use crate::{StoreError, sql};
 
 /// Why an attempt failed, and whether its COMMIT had been sent (then its
@@ -118,7 +119,7 @@ pub(crate) async fn write(
     let expected: Vec<i64> = updated.iter().map(|(_, v)| *v).collect();
 
     let e = &writes.events;
-    let event_ids: Vec<Uuid> = e.iter().map(|_| Uuid::now_v7()).collect();
+    let event_ids: Vec<Uuid> = e.iter().map(|r| r.event_id).collect();
     let event_accounts: Vec<Uuid> = e.iter().map(|r| r.account_id).collect();
     let event_versions: Vec<i64> = e.iter().map(|r| r.version).collect();
     let event_types: Vec<&str> = e.iter().map(|r| r.event.event_type()).collect();
@@ -127,7 +128,8 @@ pub(crate) async fn write(
     let roles: Vec<&str> = e.iter().map(|r| r.role.as_str()).collect();
     let event_keys: Vec<Option<&str>> = e.iter().map(|r| r.idempotency_key.as_deref()).collect();
     let traces: Vec<Option<&str>> = e.iter().map(|r| r.trace_id.as_deref()).collect();
-    let payloads = documents(e.iter().map(|r| &r.event))?;
+    let spans: Vec<Option<&str>> = e.iter().map(|r| r.span_id.as_deref()).collect();
+    let payloads: Vec<&Document> = e.iter().map(|r| &r.payload).collect();
     let column = |f: fn(&billing_domain::Balances) -> i64| -> Vec<i64> {
         e.iter().map(|r| f(&r.balances)).collect()
     };
@@ -137,7 +139,8 @@ pub(crate) async fn write(
     let reserved_token = column(|b| b.reserved_token.get());
     let available_credit = column(|b| b.available_credit.get());
     let available_token = column(|b| b.available_token.get());
-    let accounts_after = documents(e.iter().map(|r| &r.account_after))?;
+    let accounts_after: Vec<&Document> = e.iter().map(|r| &r.account_after).collect();
+    let event_hashes: Vec<&[u8]> = e.iter().map(|r| r.hash.as_slice()).collect();
 
     let reservation_columns = |new: bool| -> Result<ReservationColumns<'_>, StoreError> {
         let rows: Vec<_> = writes
@@ -235,6 +238,8 @@ pub(crate) async fn write(
                 &available_credit,
                 &available_token,
                 &accounts_after,
+                &event_hashes,
+                &spans,
             ],
         ));
     }
@@ -282,38 +287,6 @@ pub(crate) async fn write(
         commit_sent: true,
     })?;
     Ok(())
-}
-
-/// A document serialized up front and sent as the `json` type's text (its
-/// binary form). `Json<T>` serializes into the statement's buffer a few
-/// bytes at a time, which cost more than the serializing itself.
-#[derive(Debug)]
-struct Document(Vec<u8>);
-
-impl Document {
-    fn of(value: &impl serde::Serialize) -> Result<Self, StoreError> {
-        Ok(Self(serde_json::to_vec(value)?))
-    }
-}
-
-impl ToSql for Document {
-    fn to_sql(
-        &self,
-        _: &tokio_postgres::types::Type,
-        out: &mut bytes::BytesMut,
-    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        out.extend_from_slice(&self.0);
-        Ok(tokio_postgres::types::IsNull::No)
-    }
-
-    tokio_postgres::types::accepts!(JSON);
-    tokio_postgres::types::to_sql_checked!();
-}
-
-fn documents<'a, T: serde::Serialize + 'a>(
-    values: impl Iterator<Item = &'a T>,
-) -> Result<Vec<Document>, StoreError> {
-    values.map(Document::of).collect()
 }
 
 struct ReservationColumns<'a> {

@@ -11,10 +11,12 @@
 
 use std::collections::BTreeMap;
 
+use crate::feed::FeedColumns;
 use billing_domain::{Account, AccountView, Balances, Event, ReferenceType, ledger_line};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::feed::{Cursor, StoredEvent};
@@ -34,6 +36,15 @@ pub struct BatchReport {
     pub cursor: Cursor,
     /// An event that came before its predecessor: the batch stopped there.
     pub gap: Option<Gap>,
+}
+
+/// How far a rebuild of the read models has come.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RebuildProgress {
+    /// Events projected so far.
+    pub done: u64,
+    /// Events there were when the rebuild started (at least `done`).
+    pub total: u64,
 }
 
 /// An account's next event was not the one the feed offered.
@@ -104,6 +115,20 @@ impl Store {
         name: &str,
         limit: i64,
     ) -> Result<Option<BatchReport>, StoreError> {
+        self.project_batch_traced(name, limit, |_| tracing::Span::none())
+            .await
+    }
+
+    /// [`Store::project_batch`], with `span_for` making the span of a batch
+    /// that has events to fold, from those events (the projector links it to
+    /// the requests that caused them). The span covers folding them in and
+    /// the commit; an empty batch makes none.
+    pub async fn project_batch_traced(
+        &self,
+        name: &str,
+        limit: i64,
+        span_for: impl FnOnce(&[StoredEvent]) -> tracing::Span,
+    ) -> Result<Option<BatchReport>, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         // The read models are a replayable function of the events: a batch
@@ -122,26 +147,44 @@ impl Store {
         };
         let start = cursor_from(&row)?;
         let events = read_feed_in(&tx, start, limit).await?;
-        let report = apply(&tx, start, &events).await?;
-        if report.cursor != start {
-            tx.execute(
-                "UPDATE feed_checkpoints SET xid = $2::text::xid8, position = $3 WHERE name = $1",
-                &[
-                    &name,
-                    &report.cursor.xid.to_string(),
-                    &report.cursor.position,
-                ],
-            )
-            .await?;
+        let span = if events.is_empty() {
+            tracing::Span::none()
+        } else {
+            span_for(&events)
+        };
+        async {
+            let report = apply(&tx, start, &events).await?;
+            if report.cursor != start {
+                tx.execute(
+                    "UPDATE feed_checkpoints SET xid = $2::text::xid8, position = $3 WHERE name = $1",
+                    &[
+                        &name,
+                        &report.cursor.xid.to_string(),
+                        &report.cursor.position,
+                    ],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(Some(report))
         }
-        tx.commit().await?;
-        Ok(Some(report))
+        .instrument(span)
+        .await
     }
 
     /// Deletes the read models and projects every event again, in one
     /// transaction: readers see the old tables until it commits, and the
     /// live projector waits (its checkpoint is locked) and then carries on.
     pub async fn rebuild_read_models(&self, batch: i64) -> Result<BatchReport, StoreError> {
+        self.rebuild_read_models_with(batch, |_| {}).await
+    }
+
+    /// [`Self::rebuild_read_models`], calling `progress` after every batch.
+    pub async fn rebuild_read_models_with(
+        &self,
+        batch: i64,
+        mut progress: impl FnMut(RebuildProgress) + Send,
+    ) -> Result<BatchReport, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.execute(
@@ -149,6 +192,12 @@ impl Store {
             &[&READ_MODELS],
         )
         .await?;
+        // An estimate (events may commit while the rebuild runs): it only
+        // tells the operator how far along the rebuild is.
+        let total_events: i64 = tx
+            .query_one("SELECT count(*) FROM events", &[])
+            .await?
+            .get(0);
         tx.batch_execute("DELETE FROM ledger_entries; DELETE FROM rm_accounts;")
             .await?;
         let mut total = BatchReport::default();
@@ -167,6 +216,11 @@ impl Store {
                     report.gap
                 )));
             }
+            let done = total.applied + total.skipped;
+            progress(RebuildProgress {
+                done: done as u64,
+                total: (total_events.max(0) as u64).max(done as u64),
+            });
         }
         tx.execute(
             "UPDATE feed_checkpoints SET xid = $2::text::xid8, position = $3 WHERE name = $1",
@@ -377,7 +431,7 @@ async fn read_feed_in(
     after: Cursor,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, StoreError> {
-    let rows = crate::feed::feed_rows(&**tx, after, limit, false).await?;
+    let rows = crate::feed::feed_rows(&**tx, after, limit, FeedColumns::WithoutView).await?;
     rows.iter().map(StoredEvent::from_row).collect()
 }
 

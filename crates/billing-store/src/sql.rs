@@ -62,15 +62,16 @@ pub(crate) const INSERT_EVENTS: &str = "
 INSERT INTO events (event_id, account_id, version, event_type, schema_version, occurred_at,
                     actor_principal, actor_role, idempotency_key, trace_id, payload,
                     balance_credit, balance_token, reserved_credit, reserved_token,
-                    available_credit, available_token, account_after)
+                    available_credit, available_token, account_after, hash, span_id)
 SELECT e.id, e.account_id, e.version, e.kind, $1, e.occurred, e.principal, e.role, e.key, e.trace,
-       e.payload, e.bc, e.bt, e.rc, e.rt, e.ac, e.avt, e.account_after
+       e.payload, e.bc, e.bt, e.rc, e.rt, e.ac, e.avt, e.account_after, e.hash, e.span
 FROM unnest($2::uuid[], $3::uuid[], $4::bigint[], $5::text[], $6::timestamptz[], $7::text[],
             $8::text[], $9::text[], $10::text[], $11::json[], $12::bigint[], $13::bigint[],
-            $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::json[])
+            $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::json[], $19::bytea[],
+            $20::text[])
      WITH ORDINALITY
      AS e(id, account_id, version, kind, occurred, principal, role, key, trace, payload,
-          bc, bt, rc, rt, ac, avt, account_after, n)
+          bc, bt, rc, rt, ac, avt, account_after, hash, span, n)
 ORDER BY e.n";
 
 /// New reservations: an id already taken (by any account) is a unique

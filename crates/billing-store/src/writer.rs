@@ -34,9 +34,11 @@ use billing_domain::{Account, Hold, Outcome, RateTable};
 use lru::LruCache;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::Json;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::batch::{self, Answer, Decided, Loaded, StoredKey, Work};
+use crate::observe;
 use crate::pipeline::{Connection, Failed, Fence, Step, query, reservation_from_row, write};
 use crate::{Clock, RequestMeta, StoreError};
 
@@ -57,6 +59,9 @@ pub(crate) struct Job {
     pub work: Work,
     pub meta: RequestMeta,
     pub reply: oneshot::Sender<Result<Answer, StoreError>>,
+    /// The command's span in its caller's trace (disabled unless traced):
+    /// the batch that runs it links to it.
+    pub span: tracing::Span,
 }
 
 /// What every writer needs from the store.
@@ -134,11 +139,19 @@ impl Writers {
         let queue = &self.queues[usize::try_from((high ^ low) % n).unwrap_or(0)];
         let (reply, answer) = oneshot::channel();
         let stopped = || StoreError::Unavailable("the command writer stopped".into());
-        queue
-            .send(Job { work, meta, reply })
-            .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        let span = observe::command_span(&work);
+        let job = Job {
+            work,
+            meta,
+            reply,
+            span: span.clone(),
+        };
+        async {
+            queue.send(job).await.map_err(|_| stopped())?;
+            answer.await.map_err(|_| stopped())?
+        }
+        .instrument(span)
+        .await
     }
 }
 
@@ -168,7 +181,9 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let answers = self.process(&jobs).await;
+            let span = observe::batch_span(&jobs);
+            let answers = self.process(&jobs).instrument(span).await;
+            observe::record_batch(&jobs, &answers);
             for (job, answer) in jobs.drain(..).zip(answers) {
                 // The caller may have gone away; its command stands.
                 let _ = job.reply.send(answer);
@@ -185,7 +200,12 @@ impl Writer {
             let fresh = self.connection.is_none();
             // Only a first try may take the fast path: a retry reads
             // everything (the key, reservation or version that failed it).
-            let failed = match self.attempt(jobs, attempt == 1 && !reconnected).await {
+            let mut timer = observe::Attempt::start();
+            let result = self
+                .attempt(jobs, attempt == 1 && !reconnected, &mut timer)
+                .await;
+            timer.finish(result.as_ref().map(|_| ()).map_err(|f| &f.error));
+            let failed = match result {
                 Ok(answers) => return answers,
                 Err(failed) => failed,
             };
@@ -259,6 +279,7 @@ impl Writer {
         &mut self,
         jobs: &[Job],
         may_be_fast: bool,
+        timer: &mut observe::Attempt,
     ) -> Result<Vec<Result<Answer, StoreError>>, Failed> {
         let now = crate::micros(&self.shared.clock);
         let mut ids: Vec<Uuid> = jobs.iter().filter_map(|j| j.work.account_id()).collect();
@@ -315,6 +336,7 @@ impl Writer {
                     .is_some_and(|a| a.holds.contains_key(id)),
             });
         if fast {
+            timer.took_fast_path();
             return self.fast(jobs, now, &ids, &lock_keys, &cached).await;
         }
 
@@ -338,7 +360,11 @@ impl Writer {
         if !reservation_ids.is_empty() {
             steps.push(query(client, &s.load_reservations, vec![&reservation_ids]));
         }
-        let mut results = futures::future::join_all(steps).await.into_iter();
+        let read = observe::read_span(steps.len());
+        let mut results = futures::future::join_all(steps)
+            .instrument(read)
+            .await
+            .into_iter();
         let mut next = || results.next().unwrap_or_else(|| Ok(Vec::new()));
         next()?;
         let mut loaded = Loaded::default();
@@ -416,7 +442,9 @@ impl Writer {
             now,
             &self.shared.rates,
         );
-        write(connection, &decided.writes, None).await?;
+        write(connection, &decided.writes, None)
+            .instrument(observe::write_span(false, decided.writes.events.len()))
+            .await?;
         Ok(self.finish(decided))
     }
 
@@ -449,13 +477,16 @@ impl Writer {
             ids,
             versions,
         };
-        write(connection, &decided.writes, Some(&fence)).await?;
+        write(connection, &decided.writes, Some(&fence))
+            .instrument(observe::write_span(true, decided.writes.events.len()))
+            .await?;
         Ok(self.finish(decided))
     }
 
     /// Keeps what a committed batch leaves: its accounts, and where its new
     /// reservations live.
     fn finish(&mut self, decided: Decided) -> Vec<Result<Answer, StoreError>> {
+        observe::record_events(&decided.writes.events);
         let Decided {
             answers,
             accounts,

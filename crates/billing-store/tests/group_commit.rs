@@ -23,6 +23,7 @@ fn meta(key: Option<&str>, hash: &[u8]) -> RequestMeta {
             request_hash: hash.to_vec(),
         }),
         trace_id: None,
+        span_id: None,
     }
 }
 

@@ -19,6 +19,7 @@ fn meta() -> RequestMeta {
         },
         idempotency: None,
         trace_id: None,
+        span_id: None,
     }
 }
 

@@ -68,6 +68,15 @@ pub async fn admin(addr: impl std::fmt::Display) -> Client {
     .await
 }
 
+/// An address on loopback that nothing listens on (a port just freed), for
+/// a server or broker a test starts itself.
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
 /// A running server; stopped when dropped.
 pub struct TestApp {
     pub client: Client,
@@ -171,6 +180,19 @@ impl TestApp {
             .into_inner()
             .account
             .expect("account")
+    }
+
+    /// Sets the account's status to frozen.
+    pub async fn freeze(&self, account_id: &str) {
+        let mut client = self.client.clone();
+        client
+            .update_billing_account(pb::UpdateBillingAccountRequest {
+                id: account_id.to_owned(),
+                status: Some(pb::AccountStatus::Frozen.into()),
+                ..Default::default()
+            })
+            .await
+            .expect("freeze");
     }
 
     pub async fn get(&self, account_id: &str) -> pb::BillingAccount {

@@ -1,0 +1,169 @@
+//! The reads behind live account views (`WatchAccount`): the feed's head, a
+//! light page of the feed carrying the account view after each event (read
+//! only for the accounts someone watches), and one account's views after a
+//! version, to catch a watcher up from the log.
+
+use billing_domain::{Account, AccountView, Event};
+use tokio_postgres::types::Json;
+use uuid::Uuid;
+
+use crate::feed::Cursor;
+use crate::{Store, StoreError};
+
+/// An account's view after one of its events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionedView {
+    pub account_id: Uuid,
+    pub version: i64,
+    pub view: AccountView,
+}
+
+/// A page of the feed, reduced to the views of the accounts asked for.
+#[derive(Clone, Debug, Default)]
+pub struct ViewPage {
+    /// The wanted accounts' views, in feed order (per account, version order).
+    pub views: Vec<VersionedView>,
+    /// The last event read, wanted or not: where the next page starts.
+    pub last: Option<Cursor>,
+    /// Events read, wanted or not.
+    pub events: usize,
+}
+
+impl Store {
+    /// The feed's head: the last event of the transactions that have all
+    /// finished (below the snapshot's xmin). A reader that starts here and
+    /// reads with [`Store::read_views`] sees every event committed later,
+    /// and no event behind it can still appear.
+    pub async fn feed_head(&self) -> Result<Cursor, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT xid::text, position FROM events
+                 WHERE xid < pg_snapshot_xmin(pg_current_snapshot())
+                 ORDER BY xid DESC, position DESC
+                 LIMIT 1",
+                &[],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(Cursor::START);
+        };
+        let xid: &str = row.get(0);
+        Ok(Cursor {
+            xid: xid
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("xid `{xid}`")))?,
+            position: row.get(1),
+        })
+    }
+
+    /// Up to `limit` events after `after`, in feed order and by the feed's
+    /// rule (only finished transactions, so nothing is skipped), keeping the
+    /// view after each event only for accounts `wanted` names: the views of
+    /// the others are never decoded. An event without a stored view (written
+    /// before migration 0003) gets one folded from its account's events.
+    pub async fn read_views(
+        &self,
+        after: Cursor,
+        limit: i64,
+        wanted: impl Fn(Uuid) -> bool,
+    ) -> Result<ViewPage, StoreError> {
+        let rows = {
+            let client = self.pool.get().await?;
+            client
+                .query(
+                    "SELECT position, xid::text, account_id, version, account_after FROM events
+                     WHERE (xid, position) > ($1::text::xid8, $2)
+                       AND xid < pg_snapshot_xmin(pg_current_snapshot())
+                     ORDER BY xid, position
+                     LIMIT $3",
+                    &[&after.xid.to_string(), &after.position, &limit],
+                )
+                .await?
+        };
+        let mut page = ViewPage {
+            events: rows.len(),
+            ..ViewPage::default()
+        };
+        for row in &rows {
+            let xid: &str = row.get(1);
+            page.last = Some(Cursor {
+                xid: xid
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt(format!("xid `{xid}`")))?,
+                position: row.get(0),
+            });
+            let account_id: Uuid = row.get(2);
+            if !wanted(account_id) {
+                continue;
+            }
+            let version: i64 = row.get(3);
+            let view = match row.try_get::<_, Option<Json<AccountView>>>(4)? {
+                Some(Json(view)) => view,
+                None => self.folded_view(account_id, version).await?,
+            };
+            page.views.push(VersionedView {
+                account_id,
+                version,
+                view,
+            });
+        }
+        Ok(page)
+    }
+
+    /// Account `account_id`'s views after each of its events past
+    /// `after_version`, oldest first, at most `limit` of them.
+    pub async fn account_views(
+        &self,
+        account_id: Uuid,
+        after_version: i64,
+        limit: i64,
+    ) -> Result<Vec<VersionedView>, StoreError> {
+        let rows = {
+            let client = self.pool.get().await?;
+            client
+                .query(
+                    "SELECT version, account_after FROM events
+                     WHERE account_id = $1 AND version > $2
+                     ORDER BY version
+                     LIMIT $3",
+                    &[&account_id, &after_version, &limit],
+                )
+                .await?
+        };
+        let mut views = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let version: i64 = row.get(0);
+            let view = match row.try_get::<_, Option<Json<AccountView>>>(1)? {
+                Some(Json(view)) => view,
+                None => self.folded_view(account_id, version).await?,
+            };
+            views.push(VersionedView {
+                account_id,
+                version,
+                view,
+            });
+        }
+        Ok(views)
+    }
+
+    /// The view after `version` of an account, folded from its events (for
+    /// events that do not carry one).
+    async fn folded_view(&self, account_id: Uuid, version: i64) -> Result<AccountView, StoreError> {
+        let events = self.account_events(account_id).await?;
+        let upto: Vec<(&Event, chrono::DateTime<chrono::Utc>)> = events
+            .iter()
+            .take_while(|e| e.version <= version)
+            .map(|e| (&e.event, e.occurred_at))
+            .collect();
+        let at = upto
+            .last()
+            .map(|(_, at)| *at)
+            .ok_or_else(|| StoreError::Corrupt(format!("account {account_id} has no events")))?;
+        Account::fold(account_id, upto)
+            .map_err(|e| StoreError::Corrupt(format!("account {account_id} does not fold: {e}")))?
+            .ok_or_else(|| StoreError::Corrupt(format!("account {account_id} was never created")))?
+            .view(at)
+            .map_err(|e| StoreError::Corrupt(format!("account {account_id}: {e}")))
+    }
+}

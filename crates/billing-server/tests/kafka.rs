@@ -73,7 +73,15 @@ async fn consume(
         let Ok(Some(message)) = tokio::time::timeout_at(deadline, stream.next()).await else {
             break;
         };
-        let message = message.unwrap();
+        let message = match message {
+            Ok(message) => message,
+            // The publisher creates the topic with its first batch; until
+            // then the broker answers that it does not know it.
+            Err(rdkafka::error::KafkaError::MessageConsumption(
+                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+            )) => continue,
+            Err(e) => panic!("consuming {topic}: {e}"),
+        };
         let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
         let payload: Value = serde_json::from_slice(message.payload().unwrap_or_default()).unwrap();
         let mut headers = BTreeMap::new();
@@ -284,11 +292,7 @@ struct OwnBroker {
 
 impl OwnBroker {
     fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = support::free_addr().port();
         Self::start_on(port, "memory://nisshi/")
     }
 
@@ -392,11 +396,7 @@ async fn a_restarted_broker_is_published_to_again_within_seconds_of_its_return()
     // The broker keeps its topics in a database of its own, as `make run`'s
     // does, so they survive its restart.
     let storage = billing_testkit::TestDb::new().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_addr().port();
     let mut broker = OwnBroker::start_on(port, &storage.url);
     let topics = topics();
     let app = app_publishing(&broker.address(), &topics).await;
@@ -465,13 +465,23 @@ fn broker_address(port: u16) -> String {
 }
 
 /// Runs `billing serve --roles publisher` as its own process.
+/// A publisher process, killed when dropped so a failing test leaves none
+/// running.
+struct Publisher(Child);
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        kill(self);
+    }
+}
+
 fn publisher_process(
     db_url: &str,
     brokers: &str,
     (topic, alerts): &(String, String),
     name: &str,
-) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_billing"))
+) -> Publisher {
+    let child = Command::new(env!("CARGO_BIN_EXE_billing"))
         .args(["serve", "--roles", "publisher"])
         .env(
             "BILLING_DATABASE_URL",
@@ -484,12 +494,13 @@ fn publisher_process(
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
-        .expect("start a publisher")
+        .expect("start a publisher");
+    Publisher(child)
 }
 
-fn kill(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
+fn kill(publisher: &mut Publisher) {
+    let _ = publisher.0.kill();
+    let _ = publisher.0.wait();
 }
 
 #[tokio::test]
@@ -620,4 +631,48 @@ async fn a_slow_open_write_transaction_does_not_let_the_publisher_skip_its_event
     )
     .await;
     assert_in_order(&messages, &expected);
+}
+
+#[tokio::test]
+async fn every_recorded_chain_digest_is_published_to_its_topic() {
+    let brokers = brokers();
+    let topics = topics();
+    let digests_topic = format!("test.chain_digests.{}", uuid::Uuid::new_v4().simple());
+    let db = billing_testkit::TestDb::new().await;
+    let app = {
+        let (brokers, (topic, alerts), digests) =
+            (brokers.clone(), topics.clone(), digests_topic.clone());
+        TestApp::spawn_with(db, move |config| {
+            config.roles.push(billing_server::Role::Publisher);
+            config.kafka.kafka_brokers = Some(brokers);
+            config.kafka.kafka_topic = topic;
+            config.kafka.kafka_alerts_topic = alerts;
+            config.kafka.kafka_digests_topic = digests;
+        })
+        .await
+    };
+    let account = app.account(1_000_000).await;
+    let first = app.store.record_chain_digest().await.unwrap();
+    app.add(&account.id, 5, 0).await;
+    let second = app.store.record_chain_digest().await.unwrap();
+    assert_ne!(first.digest, second.digest);
+
+    let hex = |d: &billing_store::ChainDigest| billing_store::chain::to_hex(&d.digest);
+    let wanted = [hex(&first), hex(&second)];
+    let seen = consume(&brokers, &digests_topic, Duration::from_secs(30), |seen| {
+        wanted
+            .iter()
+            .all(|w| seen.iter().any(|(_, p, _)| p["digest"] == w.as_str()))
+    })
+    .await;
+    for (digest, recorded) in wanted.iter().zip([&first, &second]) {
+        let (key, payload, _) = seen
+            .iter()
+            .find(|(_, p, _)| p["digest"] == digest.as_str())
+            .unwrap_or_else(|| panic!("digest {digest} not published: {seen:?}"));
+        assert_eq!(key, "chain_digest");
+        assert_eq!(payload["type"], "chain_digest");
+        assert_eq!(payload["accounts"], recorded.accounts);
+        assert_eq!(payload["events"], recorded.events);
+    }
 }

@@ -1,11 +1,12 @@
 //! Account handlers: create, read, update, list, and balance adjustments.
 
 use billing_domain::{
-    AccountPatch, BalanceChange, Command, CreateAccount, CreditLimitType, Currency, Micros,
+    AccountPatch, BalanceChange, Bucket, Command, CreateAccount, CreditLimitType, Currency, Micros,
     PlanType, ReferenceType, Rejection, Tokens,
 };
 use billing_proto::v1 as pb;
 use billing_store::RequestMeta;
+use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -140,6 +141,8 @@ pub async fn add_balance(
         )?,
         reference_id: &r.reference_id,
         note: &r.note,
+        bucket: convert::bucket(r.bucket)?,
+        expires_at: validate::time("expires_at", r.expires_at.as_ref())?,
     };
     let account = move_balance(api, &meta, change, Command::AddBalance).await?;
     Ok(Response::new(pb::AddBalanceResponse {
@@ -166,6 +169,8 @@ pub async fn subtract_balance(
         )?,
         reference_id: &r.reference_id,
         note: &r.note,
+        bucket: convert::bucket(r.bucket)?,
+        expires_at: None,
     };
     let account = move_balance(api, &meta, change, Command::SubtractBalance).await?;
     Ok(Response::new(pb::SubtractBalanceResponse {
@@ -181,6 +186,8 @@ struct BalanceRequest<'a> {
     reference_type: ReferenceType,
     reference_id: &'a str,
     note: &'a str,
+    bucket: Bucket,
+    expires_at: Option<DateTime<Utc>>,
 }
 
 /// Adds or subtracts balance (`command` says which) and returns the account
@@ -199,6 +206,11 @@ async fn move_balance(
         reference_type: r.reference_type,
         reference_id: text("reference_id", Text::Key, r.reference_id)?,
         note: text("note", Text::Prose, r.note)?,
+        bucket: r.bucket,
+        // Kept to the microsecond, as PostgreSQL keeps the sweeper's due time.
+        expires_at: r
+            .expires_at
+            .and_then(|t| DateTime::from_timestamp_micros(t.timestamp_micros())),
     };
     account_reply(settle(api.store.execute(id, meta, &command(change)).await)?)
 }

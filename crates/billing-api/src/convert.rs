@@ -87,8 +87,18 @@ map_enum!(
         Refund,
         ManualAdjustment,
         MonthlyAllowance,
+        Promotion,
     ]
 );
+
+/// A balance bucket: its zero value is paid credit, not "unspecified".
+pub fn bucket(raw: i32) -> Result<domain::Bucket, Status> {
+    match pb::BalanceBucket::try_from(raw) {
+        Ok(pb::BalanceBucket::Paid) => Ok(domain::Bucket::Paid),
+        Ok(pb::BalanceBucket::Promotional) => Ok(domain::Bucket::Promotional),
+        Err(_) => Err(invalid("bucket", format!("unknown value {raw}"))),
+    }
+}
 
 /// A required enum field: its raw value must name a known, specified variant.
 pub fn required<P, D>(raw: i32) -> Result<D, Status>
@@ -122,6 +132,8 @@ pub fn transaction(e: &billing_store::LedgerEntry) -> pb::Transaction {
         "refund" => pb::TransactionType::Refund,
         "token_grant" => pb::TransactionType::TokenGrant,
         "token_expiry" => pb::TransactionType::TokenExpiry,
+        "promotional_grant" => pb::TransactionType::PromotionalGrant,
+        "promotional_expiry" => pb::TransactionType::PromotionalExpiry,
         _ => pb::TransactionType::Unspecified,
     };
     let reference_type = e
@@ -151,6 +163,8 @@ pub fn transaction(e: &billing_store::LedgerEntry) -> pb::Transaction {
         actor_role: e.actor_role.clone(),
         tm_create: Some(timestamp(e.tm_create)),
         version: e.version,
+        amount_promotional: e.amount_promotional,
+        balance_promotional_after: e.balance_promotional_after,
     }
 }
 
@@ -190,6 +204,7 @@ pub fn account(v: &AccountView) -> pb::BillingAccount {
         tm_delete: v.tm_delete.map(timestamp),
         version: v.version,
         over_limit: v.over_limit,
+        balance_promotional: v.balance_promotional.get(),
     }
 }
 

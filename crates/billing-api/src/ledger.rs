@@ -45,22 +45,22 @@ pub async fn balance(
         }));
     }
     let now = api.store.now().max(account.tm_update);
-    let (at, version, b) = match as_of {
+    let overflow = |_| rejected(&Rejection::Overflow);
+    let (at, version, b, promotional) = match as_of {
         None => (
             now,
             account.version,
-            account
-                .balances(now)
-                .map_err(|_| rejected(&Rejection::Overflow))?,
+            account.balances(now).map_err(overflow)?,
+            account.promotional(now).map_err(overflow)?,
         ),
         Some(at) => {
-            let (version, balances) = api
+            let (version, balances, promotional) = api
                 .store
                 .balances_as_of(id, at)
                 .await
                 .map_err(|e| store_failed(&e))?
                 .ok_or_else(|| invalid("as_of", "is before the account existed"))?;
-            (at, version, balances)
+            (at, version, balances, promotional)
         }
     };
     Ok(Response::new(pb::Balance {
@@ -68,7 +68,7 @@ pub async fn balance(
         currency: account.currency.to_string(),
         balance: b.balance_credit.get(),
         reserved_funds: b.reserved_credit.get(),
-        promotional_balance: 0,
+        promotional_balance: promotional.get(),
         available_balance: b.available_credit.get(),
         credit_limit: account.credit_limit.get(),
         is_postpaid: account.is_postpaid,

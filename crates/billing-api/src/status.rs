@@ -53,6 +53,8 @@ pub fn rejected(rejection: &Rejection) -> Status {
         Rejection::AccountNotFound | Rejection::ReservationNotFound => Code::NotFound,
         Rejection::InsufficientBalance { .. }
         | Rejection::InsufficientTokens { .. }
+        | Rejection::InsufficientPromotional { .. }
+        | Rejection::TooManyPromotions { .. }
         | Rejection::AccountFrozen
         | Rejection::ReservationResolved { .. } => Code::FailedPrecondition,
         Rejection::ReservationIdReused | Rejection::IdempotencyKeyReused => Code::AlreadyExists,
@@ -75,6 +77,13 @@ pub fn rejected(rejection: &Rejection) -> Status {
         } => {
             metadata.insert("required_token".to_owned(), required.to_string());
             metadata.insert("available_token".to_owned(), available.to_string());
+        }
+        Rejection::InsufficientPromotional {
+            required,
+            available,
+        } => {
+            metadata.insert("required_promotional".to_owned(), required.to_string());
+            metadata.insert("available_promotional".to_owned(), available.to_string());
         }
         Rejection::ReservationResolved { status } => {
             metadata.insert("status".to_owned(), status.to_string());

@@ -58,6 +58,49 @@ pub struct Account {
     /// hashed event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain_head: Option<String>,
+    /// Promotional credit still held, one entry per grant, in spending
+    /// order: earliest expiry first, then oldest grant first, grants that
+    /// never expire last. A grant leaves once spent, removed or expired.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub promotions: Vec<Promotion>,
+}
+
+/// The most promotional grants an account holds at once; each is part of
+/// its state, so they are bounded like holds are by their lifetime.
+pub const MAX_PROMOTIONS: usize = 100;
+
+/// What remains of one grant of promotional credit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promotion {
+    /// The version of the event that granted it: its name in later events.
+    pub grant: i64,
+    pub remaining: Micros,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::timestamp::serialize_opt"
+    )]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl Promotion {
+    /// A grant stops counting at `expires_at`, whether or not its expiry has
+    /// been recorded yet.
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_none_or(|t| now < t)
+    }
+
+    /// The key grants are spent in: earliest expiry first, then oldest.
+    fn spending_order(&self) -> (bool, Option<DateTime<Utc>>, i64) {
+        (self.expires_at.is_none(), self.expires_at, self.grant)
+    }
+}
+
+/// Promotional credit taken from one grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromotionSpend {
+    pub grant: i64,
+    pub amount: Micros,
 }
 
 /// Funds held for one reservation.
@@ -116,6 +159,76 @@ pub struct Balances {
 }
 
 impl Account {
+    /// Promotional credit that counts at `now`: grants not yet expired.
+    pub fn promotional(&self, now: DateTime<Utc>) -> Result<Micros, Overflow> {
+        Micros::checked_sum(
+            self.promotions
+                .iter()
+                .filter(|p| p.is_live(now))
+                .map(|p| p.remaining),
+        )
+    }
+
+    /// Promotional credit as its recorded events leave it (expired grants
+    /// count until their expiry is recorded): what the ledger sums to.
+    pub fn promotional_recorded(&self) -> Result<Micros, Overflow> {
+        Micros::checked_sum(self.promotions.iter().map(|p| p.remaining))
+    }
+
+    /// The grants `amount` of promotional credit comes from, in spending
+    /// order, taking at most what live grants hold. The rest of `amount`
+    /// (if any) is paid credit.
+    pub fn promotion_spends(&self, amount: Micros, now: DateTime<Utc>) -> Vec<PromotionSpend> {
+        let mut left = amount.at_least_zero();
+        let mut spends = Vec::new();
+        for p in self.promotions.iter().filter(|p| p.is_live(now)) {
+            if left.is_zero() {
+                break;
+            }
+            let take = p.remaining.min(left);
+            if take.is_positive() {
+                spends.push(PromotionSpend {
+                    grant: p.grant,
+                    amount: take,
+                });
+                // `take <= left`, so this never underflows.
+                left = Micros(left.get() - take.get());
+            }
+        }
+        spends
+    }
+
+    /// Adds a grant of promotional credit in its place in spending order.
+    pub(crate) fn grant_promotion(&mut self, promotion: Promotion) {
+        let key = promotion.spending_order();
+        let at = self
+            .promotions
+            .partition_point(|p| p.spending_order() <= key);
+        self.promotions.insert(at, promotion);
+    }
+
+    /// Takes `spends` from their grants; a grant spent to nothing leaves.
+    pub(crate) fn take_promotions(&mut self, spends: &[PromotionSpend]) -> Result<(), Overflow> {
+        for spend in spends {
+            if let Some(p) = self.promotions.iter_mut().find(|p| p.grant == spend.grant) {
+                p.remaining = p.remaining.checked_sub(spend.amount)?;
+            }
+        }
+        self.promotions.retain(|p| p.remaining.is_positive());
+        Ok(())
+    }
+
+    /// When time alone next changes this account (apart from its holds,
+    /// which the sweeper finds by their own expiry): the monthly token
+    /// reset or the first promotional grant's expiry, whichever is first.
+    pub fn next_due(&self) -> Option<DateTime<Utc>> {
+        let expiry = self.promotions.iter().filter_map(|p| p.expires_at).min();
+        match (self.tm_next_topup, expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     pub fn metering(&self) -> TokenMetering {
         match self.plan_type.monthly_tokens() {
             Some(_) => TokenMetering::Metered,
@@ -132,10 +245,12 @@ impl Account {
         ))
     }
 
-    /// `balance - reserved + credit_limit` (the limit only when postpaid),
-    /// and `balance - reserved` for tokens.
+    /// `balance + promotional - reserved + credit_limit` (the limit only
+    /// when postpaid, the promotional credit only while live), and
+    /// `balance - reserved` for tokens.
     pub fn balances(&self, now: DateTime<Utc>) -> Result<Balances, Overflow> {
         let (reserved_token, reserved_credit) = self.reserved(now)?;
+        let promotional = self.promotional(now)?;
         let limit = if self.is_postpaid {
             self.credit_limit
         } else {
@@ -148,6 +263,7 @@ impl Account {
             reserved_token,
             available_credit: self
                 .balance_credit
+                .checked_add(promotional)?
                 .checked_sub(reserved_credit)?
                 .checked_add(limit)?,
             available_token: self.balance_token.checked_sub(reserved_token)?,
@@ -155,9 +271,9 @@ impl Account {
     }
 
     /// Checks that every amount derived from this state stays representable
-    /// whichever of its holds are live: the sums of all holds, and the
-    /// available balances with none or all of them counting (and after a
-    /// monthly reset). Time alone (a hold expiring, the reset) moves an
+    /// whichever of its holds and promotional grants are live: the sums of
+    /// all holds and grants, and the available balances with none or all of
+    /// them counting (and after a monthly reset). Time alone (a hold expiring, the reset) moves an
     /// account only within these bounds, so a state that passes can be read
     /// at any later time, and every time-driven event on it is accepted.
     pub fn check_representable(&self) -> Result<(), Overflow> {
@@ -169,8 +285,10 @@ impl Account {
         } else {
             Micros::ZERO
         };
-        self.balance_credit
-            .checked_add(limit)?
+        let promotional = self.promotional_recorded()?;
+        let paid = self.balance_credit.checked_add(limit)?;
+        paid.checked_sub(reserved_credit)?;
+        paid.checked_add(promotional)?
             .checked_sub(reserved_credit)?;
         self.balance_token.checked_sub(reserved_token)?;
         if let Some(allowance) = self.plan_type.monthly_tokens() {
@@ -193,6 +311,7 @@ impl Account {
             currency: self.currency.clone(),
             balance_credit: b.balance_credit,
             balance_token: b.balance_token,
+            balance_promotional: self.promotional(now)?,
             reserved_credit: b.reserved_credit,
             reserved_token: b.reserved_token,
             available_credit: b.available_credit,
@@ -227,6 +346,9 @@ pub struct AccountView {
     pub currency: Currency,
     pub balance_credit: Micros,
     pub balance_token: Tokens,
+    /// Promotional credit that counts now (not in `balance_credit`).
+    #[serde(default)]
+    pub balance_promotional: Micros,
     pub reserved_credit: Micros,
     pub reserved_token: Tokens,
     pub available_credit: Micros,

@@ -94,8 +94,30 @@ named_enum!(
         Refund => "refund",
         ManualAdjustment => "manual_adjustment",
         MonthlyAllowance => "monthly_allowance",
+        Promotion => "promotion",
     }
 );
+
+named_enum!(
+    /// Which credit an amount is in: paid credit (cash, withdrawable) or
+    /// promotional credit (granted, spent first, never paid out).
+    Bucket {
+        Paid => "paid",
+        Promotional => "promotional",
+    }
+);
+
+impl Default for Bucket {
+    fn default() -> Self {
+        Self::Paid
+    }
+}
+
+impl Bucket {
+    pub fn is_paid(&self) -> bool {
+        *self == Self::Paid
+    }
+}
 
 named_enum!(
     /// The subscription plan, which sets the monthly token allowance.

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::account::{AccountView, Hold, ReservationView};
 use crate::catalog::{
-    AccountStatus, CreditLimitType, Currency, PlanStatus, PlanType, ReferenceType,
+    AccountStatus, Bucket, CreditLimitType, Currency, PlanStatus, PlanType, ReferenceType,
     ReservationStatus, ServiceType,
 };
 use crate::money::{Micros, Overflow, Tokens};
@@ -60,6 +60,9 @@ pub struct BalanceChange {
     pub reference_type: ReferenceType,
     pub reference_id: String,
     pub note: String,
+    pub bucket: Bucket,
+    /// When promotional credit added expires; `None` for never.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -201,6 +204,12 @@ pub enum Rejection {
     IdempotencyKeyReused,
     #[error("the account holds {held}, not {requested}")]
     CurrencyMismatch { held: Currency, requested: String },
+    #[error(
+        "insufficient promotional credit: {required} micros to remove, {available} not expired"
+    )]
+    InsufficientPromotional { required: Micros, available: Micros },
+    #[error("the account already holds {limit} promotional grants")]
+    TooManyPromotions { limit: usize },
 }
 
 impl From<Overflow> for Rejection {
@@ -231,6 +240,8 @@ impl Rejection {
             Self::ReservationIdReused => "RESERVATION_ID_REUSED",
             Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             Self::CurrencyMismatch { .. } => "CURRENCY_MISMATCH",
+            Self::InsufficientPromotional { .. } => "INSUFFICIENT_PROMOTIONAL_BALANCE",
+            Self::TooManyPromotions { .. } => "TOO_MANY_PROMOTIONS",
         }
     }
 }

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
-use crate::account::{Account, Hold, next_month_start};
-use crate::catalog::{AccountStatus, ReferenceType, ReservationStatus};
+use crate::account::{Account, Hold, MAX_PROMOTIONS, PromotionSpend, next_month_start};
+use crate::catalog::{AccountStatus, Bucket, ReferenceType, ReservationStatus};
 use crate::command::{
     AccountPatch, BalanceChange, ChargeOutcome, Command, Commit, CommitOutcome, Context,
     CreateAccount, DEFAULT_TTL_SECONDS, Debit, Extend, MAX_RESERVATION_ID_LEN, MAX_TTL_SECONDS,
@@ -15,8 +15,8 @@ use crate::command::{
 };
 use crate::event::{
     AccountCreated, AccountUpdated, BalanceMoved, Committed, CreditLimitExceeded, Debited, Event,
-    HoldDropped, PlanChanged, Recorded, ReservationExtended, Reserved, TokensExpired,
-    TokensGranted,
+    HoldDropped, PlanChanged, PromotionExpired, Recorded, ReservationExtended, Reserved,
+    TokensExpired, TokensGranted,
 };
 use crate::money::{Micros, Tokens};
 use crate::rates::{Price, Rate, Usage};
@@ -180,6 +180,23 @@ impl Draft {
             }))?;
             self.expired_now.insert(hold.reservation_id.clone(), hold);
         }
+        // Grants are kept in expiry order, so these are recorded in it.
+        let expired: Vec<PromotionExpired> = self
+            .account
+            .promotions
+            .iter()
+            .filter_map(|p| {
+                let at = p.expires_at.filter(|_| !p.is_live(self.now))?;
+                Some(PromotionExpired {
+                    grant: p.grant,
+                    amount: p.remaining,
+                    expired_at: at,
+                })
+            })
+            .collect();
+        for expiry in expired {
+            self.push(Event::PromotionExpired(expiry))?;
+        }
         let allowance = self.account.plan_type.monthly_tokens();
         if let (Some(allowance), Some(due)) = (allowance, self.account.tm_next_topup)
             && self.now >= due
@@ -280,17 +297,77 @@ impl Draft {
 
     fn add_balance(&mut self, c: &BalanceChange) -> Result<Outcome, Rejection> {
         validate_amounts(c)?;
-        self.push(Event::BalanceAdded(moved(c)))?;
+        match c.bucket {
+            Bucket::Paid if c.expires_at.is_some() => {
+                return Err(Rejection::invalid(
+                    "expires_at",
+                    "only promotional credit expires",
+                ));
+            }
+            Bucket::Paid => {}
+            Bucket::Promotional => {
+                validate_promotional(c)?;
+                if c.expires_at.is_some_and(|t| t <= self.now) {
+                    return Err(Rejection::invalid("expires_at", "must be in the future"));
+                }
+                if self.account.promotions.len() >= MAX_PROMOTIONS {
+                    return Err(Rejection::TooManyPromotions {
+                        limit: MAX_PROMOTIONS,
+                    });
+                }
+            }
+        }
+        self.push(Event::BalanceAdded(moved(c, Vec::new())))?;
         Ok(Outcome::Account(self.account.view(self.now)?))
     }
 
     fn subtract_balance(&mut self, c: &BalanceChange) -> Result<Outcome, Rejection> {
         validate_amounts(c)?;
+        if c.expires_at.is_some() {
+            return Err(Rejection::invalid(
+                "expires_at",
+                "only credit being added expires",
+            ));
+        }
+        match c.bucket {
+            Bucket::Paid => self.subtract_paid(c),
+            Bucket::Promotional => self.subtract_promotional(c),
+        }
+    }
+
+    /// Paid credit leaves; promotional credit never does. With a hard limit
+    /// it leaves only paid credit that no live hold will need, counting the
+    /// promotional credit (which commits spend first) toward the holds.
+    fn subtract_paid(&mut self, c: &BalanceChange) -> Result<Outcome, Rejection> {
         let tokens = self.available_tokens()?;
         if c.amount_token > tokens {
             return Err(Rejection::InsufficientTokens {
                 required: c.amount_token,
                 available: tokens,
+            });
+        }
+        let before = self.available_credit()?;
+        let paid = self.available_paid_credit()?;
+        if !self.fits(c.amount_credit, paid)? {
+            return Err(Rejection::InsufficientBalance {
+                required: c.amount_credit,
+                available: paid,
+            });
+        }
+        self.push(Event::BalanceSubtracted(moved(c, Vec::new())))?;
+        self.note_limit_crossing(before)?;
+        Ok(Outcome::Account(self.account.view(self.now)?))
+    }
+
+    /// An admin removes promotional credit, from the grants in spending
+    /// order; with a hard limit, not what live holds need.
+    fn subtract_promotional(&mut self, c: &BalanceChange) -> Result<Outcome, Rejection> {
+        validate_promotional(c)?;
+        let promotional = self.account.promotional(self.now)?;
+        if c.amount_credit > promotional {
+            return Err(Rejection::InsufficientPromotional {
+                required: c.amount_credit,
+                available: promotional,
             });
         }
         let before = self.available_credit()?;
@@ -300,9 +377,27 @@ impl Draft {
                 available: before,
             });
         }
-        self.push(Event::BalanceSubtracted(moved(c)))?;
+        let spends = self.account.promotion_spends(c.amount_credit, self.now);
+        self.push(Event::BalanceSubtracted(moved(c, spends)))?;
         self.note_limit_crossing(before)?;
         Ok(Outcome::Account(self.account.view(self.now)?))
+    }
+
+    /// The available credit without promotional credit, except what covers
+    /// live holds: `balance + limit - max(0, reserved - promotional)`.
+    fn available_paid_credit(&self) -> Result<Micros, Rejection> {
+        let b = self.account.balances(self.now)?;
+        let promotional = self.account.promotional(self.now)?;
+        let held_from_paid = b.reserved_credit.checked_sub(promotional)?.at_least_zero();
+        Ok(b.available_credit
+            .checked_sub(promotional)?
+            .checked_add(b.reserved_credit)?
+            .checked_sub(held_from_paid)?)
+    }
+
+    /// The grants a usage charge of `credit` spends first.
+    fn promotional_part(&self, credit: Micros) -> Vec<PromotionSpend> {
+        self.account.promotion_spends(credit, self.now)
     }
 
     fn debit(&mut self, c: &Debit, ctx: &Context<'_>) -> Result<Outcome, Rejection> {
@@ -326,6 +421,7 @@ impl Draft {
                 rate,
                 charged_token: price.tokens,
                 charged_credit: price.credit,
+                promotional: self.promotional_part(price.credit),
             }))?;
             self.note_limit_crossing(before)?;
         }
@@ -479,6 +575,7 @@ impl Draft {
                 .reserved_credit
                 .checked_sub(price.credit)?
                 .at_least_zero(),
+            promotional: self.promotional_part(price.credit),
         };
         self.push(Event::Committed(committed.clone()))?;
         self.note_limit_crossing(before)?;
@@ -580,14 +677,34 @@ impl Draft {
     }
 }
 
-fn moved(c: &BalanceChange) -> BalanceMoved {
+fn moved(c: &BalanceChange, promotions: Vec<PromotionSpend>) -> BalanceMoved {
     BalanceMoved {
         amount_credit: c.amount_credit,
         amount_token: c.amount_token,
         reference_type: c.reference_type,
         reference_id: c.reference_id.clone(),
         note: c.note.clone(),
+        bucket: c.bucket,
+        expires_at: c.expires_at,
+        promotions,
     }
+}
+
+/// Promotional credit is credit only: no tokens, and some credit.
+fn validate_promotional(c: &BalanceChange) -> Result<(), Rejection> {
+    if !c.amount_token.is_zero() {
+        return Err(Rejection::invalid(
+            "amount_token",
+            "must be 0 for promotional credit (tokens have no promotional bucket)",
+        ));
+    }
+    if !c.amount_credit.is_positive() {
+        return Err(Rejection::invalid(
+            "amount_credit",
+            "must be positive for promotional credit",
+        ));
+    }
+    Ok(())
 }
 
 fn validate_amounts(c: &BalanceChange) -> Result<(), Rejection> {

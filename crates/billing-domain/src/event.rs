@@ -5,9 +5,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::account::{Account, Balances, Hold};
+use crate::account::{Account, Balances, Hold, Promotion, PromotionSpend};
 use crate::catalog::{
-    AccountStatus, CreditLimitType, Currency, PlanStatus, PlanType, ReferenceType, ServiceType,
+    AccountStatus, Bucket, CreditLimitType, Currency, PlanStatus, PlanType, ReferenceType,
+    ServiceType,
 };
 use crate::money::{Micros, Overflow, Tokens};
 use crate::rates::Rate;
@@ -31,6 +32,7 @@ pub enum Event {
     ReservationExpired(HoldDropped),
     TokensGranted(TokensGranted),
     TokensExpired(TokensExpired),
+    PromotionExpired(PromotionExpired),
     PlanChanged(PlanChanged),
     AccountUpdated(AccountUpdated),
     CreditLimitExceeded(CreditLimitExceeded),
@@ -51,7 +53,9 @@ pub struct AccountCreated {
     pub payment_method: String,
 }
 
-/// Credit and/or tokens added or subtracted by an admin.
+/// Credit and/or tokens added or subtracted by an admin. Promotional credit
+/// moves alone (no tokens): added as one grant (named by this event's
+/// version), or subtracted from the grants `promotions` lists.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BalanceMoved {
     pub amount_credit: Micros,
@@ -59,6 +63,19 @@ pub struct BalanceMoved {
     pub reference_type: ReferenceType,
     pub reference_id: String,
     pub note: String,
+    #[serde(default, skip_serializing_if = "Bucket::is_paid")]
+    pub bucket: Bucket,
+    /// When a promotional grant expires; `None` for never.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::timestamp::serialize_opt"
+    )]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The grants a promotional subtraction takes from (summing to
+    /// `amount_credit`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub promotions: Vec<PromotionSpend>,
 }
 
 /// One-shot usage charged without a reservation.
@@ -70,7 +87,12 @@ pub struct Debited {
     pub billable_units: i64,
     pub rate: Rate,
     pub charged_token: Tokens,
+    /// Paid and promotional credit together.
     pub charged_credit: Micros,
+    /// The part of `charged_credit` taken from promotional grants; the rest
+    /// is paid credit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub promotional: Vec<PromotionSpend>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,9 +131,14 @@ pub struct Committed {
     pub rate: Rate,
     pub billable_units: i64,
     pub charged_token: Tokens,
+    /// Paid and promotional credit together.
     pub charged_credit: Micros,
     pub released_token: Tokens,
     pub released_credit: Micros,
+    /// The part of `charged_credit` taken from promotional grants; the rest
+    /// is paid credit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub promotional: Vec<PromotionSpend>,
 }
 
 /// A hold dropped without a charge (released, or expired).
@@ -134,6 +161,17 @@ pub struct TokensGranted {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokensExpired {
     pub amount: Tokens,
+}
+
+/// What was left of a promotional grant when it expired.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromotionExpired {
+    pub grant: i64,
+    pub amount: Micros,
+    /// The grant's expiry time (the event may be recorded later; reads
+    /// leave the grant out from this time on).
+    #[serde(serialize_with = "crate::timestamp::serialize")]
+    pub expired_at: DateTime<Utc>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,6 +230,7 @@ impl Event {
             Self::ReservationExpired(_) => "reservation_expired",
             Self::TokensGranted(_) => "tokens_granted",
             Self::TokensExpired(_) => "tokens_expired",
+            Self::PromotionExpired(_) => "promotion_expired",
             Self::PlanChanged(_) => "plan_changed",
             Self::AccountUpdated(_) => "account_updated",
             Self::CreditLimitExceeded(_) => "credit_limit_exceeded",
@@ -249,6 +288,7 @@ impl Account {
             version: 1,
             holds: Default::default(),
             chain_head: None,
+            promotions: Vec::new(),
         }
     }
 
@@ -259,15 +299,29 @@ impl Account {
         match event {
             Event::AccountCreated(_) | Event::CreditLimitExceeded(_) => {}
             Event::BalanceAdded(e) => {
-                self.balance_credit = self.balance_credit.checked_add(e.amount_credit)?;
+                match e.bucket {
+                    Bucket::Paid => {
+                        self.balance_credit = self.balance_credit.checked_add(e.amount_credit)?;
+                    }
+                    Bucket::Promotional => self.grant_promotion(Promotion {
+                        grant: self.version.checked_add(1).ok_or(Overflow)?,
+                        remaining: e.amount_credit,
+                        expires_at: e.expires_at,
+                    }),
+                }
                 self.balance_token = self.balance_token.checked_add(e.amount_token)?;
             }
             Event::BalanceSubtracted(e) => {
-                self.balance_credit = self.balance_credit.checked_sub(e.amount_credit)?;
+                match e.bucket {
+                    Bucket::Paid => {
+                        self.balance_credit = self.balance_credit.checked_sub(e.amount_credit)?;
+                    }
+                    Bucket::Promotional => self.take_promotions(&e.promotions)?,
+                }
                 self.balance_token = self.balance_token.checked_sub(e.amount_token)?;
             }
             Event::Debited(e) => {
-                self.balance_credit = self.balance_credit.checked_sub(e.charged_credit)?;
+                self.charge(e.charged_credit, &e.promotional)?;
                 self.balance_token = self.balance_token.checked_sub(e.charged_token)?;
             }
             Event::Reserved(e) => {
@@ -300,7 +354,7 @@ impl Account {
             }
             Event::Committed(e) => {
                 self.holds.remove(&e.reservation_id);
-                self.balance_credit = self.balance_credit.checked_sub(e.charged_credit)?;
+                self.charge(e.charged_credit, &e.promotional)?;
                 self.balance_token = self.balance_token.checked_sub(e.charged_token)?;
             }
             Event::Released(e) | Event::ReservationExpired(e) => {
@@ -314,6 +368,10 @@ impl Account {
             Event::TokensExpired(e) => {
                 self.balance_token = self.balance_token.checked_sub(e.amount)?;
             }
+            Event::PromotionExpired(e) => self.take_promotions(&[PromotionSpend {
+                grant: e.grant,
+                amount: e.amount,
+            }])?,
             Event::PlanChanged(e) => {
                 self.plan_type = e.to;
                 self.tm_next_topup = e.next_topup;
@@ -322,6 +380,17 @@ impl Account {
         }
         self.version += 1;
         self.tm_update = at;
+        Ok(())
+    }
+
+    /// Takes `credit` of usage: `promotional` from its grants, the rest from
+    /// paid credit.
+    fn charge(&mut self, credit: Micros, promotional: &[PromotionSpend]) -> Result<(), Overflow> {
+        let from_promotions = Micros::checked_sum(promotional.iter().map(|s| s.amount))?;
+        self.take_promotions(promotional)?;
+        self.balance_credit = self
+            .balance_credit
+            .checked_sub(credit.checked_sub(from_promotions)?)?;
         Ok(())
     }
 

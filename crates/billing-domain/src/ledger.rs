@@ -1,10 +1,13 @@
 //! The transaction ledger's view of events: which events move money, and by
-//! how much. A pure function of one event, so a ledger built from the events
-//! always sums to the balances.
+//! how much, in which bucket. A pure function of one event, so a ledger built
+//! from the events always sums to the balances: `amount_credit` to the paid
+//! balance, `amount_promotional` to the promotional one, `amount_token` to
+//! the tokens.
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{ReferenceType, ServiceType};
+use crate::account::PromotionSpend;
+use crate::catalog::{Bucket, ReferenceType, ServiceType};
 use crate::event::Event;
 use crate::money::{Micros, Tokens};
 use crate::rates::Rate;
@@ -19,6 +22,8 @@ pub enum TransactionType {
     Refund,
     TokenGrant,
     TokenExpiry,
+    PromotionalGrant,
+    PromotionalExpiry,
 }
 
 impl TransactionType {
@@ -30,12 +35,15 @@ impl TransactionType {
             Self::Refund => "refund",
             Self::TokenGrant => "token_grant",
             Self::TokenExpiry => "token_expiry",
+            Self::PromotionalGrant => "promotional_grant",
+            Self::PromotionalExpiry => "promotional_expiry",
         }
     }
 }
 
 /// One money movement. Amounts are signed: credit added is positive, usage
-/// negative.
+/// negative. `amount_credit` is paid credit; a usage charged partly from
+/// promotional credit moves both.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LedgerLine {
     pub transaction_type: TransactionType,
@@ -46,28 +54,49 @@ pub struct LedgerLine {
     pub rate: Option<Rate>,
     pub amount_token: Tokens,
     pub amount_credit: Micros,
+    pub amount_promotional: Micros,
+}
+
+/// Splits a movement of `credit` (signed) into (paid, promotional) by its
+/// bucket.
+fn by_bucket(bucket: Bucket, credit: i64) -> (i64, i64) {
+    match bucket {
+        Bucket::Paid => (credit, 0),
+        Bucket::Promotional => (0, credit),
+    }
+}
+
+/// Splits a usage charge of `credit` into (paid, promotional), both
+/// negative. Stored events were checked when decided, so the sums fit.
+fn charge_split(credit: Micros, promotional: &[PromotionSpend]) -> (i64, i64) {
+    let promo: i64 = promotional.iter().map(|s| s.amount.get()).sum();
+    (promo - credit.get(), -promo)
 }
 
 /// The ledger entry an event makes, if it moves money. Holds are not money
 /// movements; their commit is (even a commit of zero units, as a usage record).
 pub fn ledger_line(event: &Event) -> Option<LedgerLine> {
-    let line = |transaction_type, reference_type, reference_id: &str, token: i64, credit: i64| {
-        LedgerLine {
-            transaction_type,
-            reference_type,
-            reference_id: reference_id.to_owned(),
-            service_type: None,
-            billable_units: None,
-            rate: None,
-            amount_token: Tokens(token),
-            amount_credit: Micros(credit),
-        }
+    let line = |transaction_type,
+                reference_type,
+                reference_id: &str,
+                token: i64,
+                (credit, promotional): (i64, i64)| LedgerLine {
+        transaction_type,
+        reference_type,
+        reference_id: reference_id.to_owned(),
+        service_type: None,
+        billable_units: None,
+        rate: None,
+        amount_token: Tokens(token),
+        amount_credit: Micros(credit),
+        amount_promotional: Micros(promotional),
     };
     match event {
         Event::BalanceAdded(e) => {
-            let kind = match e.reference_type {
-                ReferenceType::Payment => TransactionType::TopUp,
-                ReferenceType::Refund => TransactionType::Refund,
+            let kind = match (e.bucket, e.reference_type) {
+                (Bucket::Promotional, _) => TransactionType::PromotionalGrant,
+                (_, ReferenceType::Payment) => TransactionType::TopUp,
+                (_, ReferenceType::Refund) => TransactionType::Refund,
                 _ => TransactionType::Adjustment,
             };
             Some(line(
@@ -75,7 +104,7 @@ pub fn ledger_line(event: &Event) -> Option<LedgerLine> {
                 e.reference_type,
                 &e.reference_id,
                 e.amount_token.get(),
-                e.amount_credit.get(),
+                by_bucket(e.bucket, e.amount_credit.get()),
             ))
         }
         Event::BalanceSubtracted(e) => {
@@ -88,7 +117,7 @@ pub fn ledger_line(event: &Event) -> Option<LedgerLine> {
                 e.reference_type,
                 &e.reference_id,
                 -e.amount_token.get(),
-                -e.amount_credit.get(),
+                by_bucket(e.bucket, -e.amount_credit.get()),
             ))
         }
         Event::Debited(e) => Some(LedgerLine {
@@ -100,7 +129,7 @@ pub fn ledger_line(event: &Event) -> Option<LedgerLine> {
                 e.reference_type,
                 &e.reference_id,
                 -e.charged_token.get(),
-                -e.charged_credit.get(),
+                charge_split(e.charged_credit, &e.promotional),
             )
         }),
         Event::Committed(e) => Some(LedgerLine {
@@ -113,7 +142,7 @@ pub fn ledger_line(event: &Event) -> Option<LedgerLine> {
                 e.reference_type,
                 &e.reservation_id,
                 -e.charged_token.get(),
-                -e.charged_credit.get(),
+                charge_split(e.charged_credit, &e.promotional),
             )
         }),
         Event::TokensGranted(e) => Some(line(
@@ -121,14 +150,22 @@ pub fn ledger_line(event: &Event) -> Option<LedgerLine> {
             e.reference_type,
             "",
             e.amount.get(),
-            0,
+            (0, 0),
         )),
         Event::TokensExpired(e) => Some(line(
             TransactionType::TokenExpiry,
             ReferenceType::MonthlyAllowance,
             "",
             -e.amount.get(),
+            (0, 0),
+        )),
+        // Its reference is the grant: the version of the entry that made it.
+        Event::PromotionExpired(e) => Some(line(
+            TransactionType::PromotionalExpiry,
+            ReferenceType::Promotion,
+            &e.grant.to_string(),
             0,
+            (0, -e.amount.get()),
         )),
         Event::AccountCreated(_)
         | Event::Reserved(_)

@@ -26,6 +26,8 @@ fn command() -> impl Strategy<Value = Command> {
         reference_type: ReferenceType::ManualAdjustment,
         reference_id: String::new(),
         note: String::new(),
+        bucket: Default::default(),
+        expires_at: None,
     });
     prop_oneof![
         change.clone().prop_map(Command::AddBalance),

@@ -53,6 +53,8 @@ fn change(a: i64, t: i64) -> BalanceChange {
         reference_type: ReferenceType::ManualAdjustment,
         reference_id: String::new(),
         note: String::new(),
+        bucket: Default::default(),
+        expires_at: None,
     }
 }
 

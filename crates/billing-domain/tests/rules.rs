@@ -43,6 +43,8 @@ fn add(credit: i64, token: i64) -> Command {
         reference_type: ReferenceType::Payment,
         reference_id: String::new(),
         note: String::new(),
+        bucket: Default::default(),
+        expires_at: None,
     })
 }
 
@@ -53,6 +55,8 @@ fn subtract(credit: i64, token: i64) -> Command {
         reference_type: ReferenceType::ManualAdjustment,
         reference_id: String::new(),
         note: String::new(),
+        bucket: Default::default(),
+        expires_at: None,
     })
 }
 

@@ -306,6 +306,7 @@ mod tests {
             rate: Rate::credit_only(10_000),
             charged_token: Tokens(0),
             charged_credit: Micros(10_000),
+            promotional: Vec::new(),
         })
     }
 

@@ -275,24 +275,30 @@ fn calls(ids: &[String]) -> BoxedStrategy<Call> {
             account_id(ids),
             int(0i64..10_000_000),
             int(0i64..50),
-            prop_oneof![3 => Just(0), 1 => enumeration(11)],
+            prop_oneof![3 => Just(0), 1 => enumeration(12)],
             text("[a-z0-9-]{0,12}"),
             key(),
             text("[a-z ]{0,20}"),
+            // The bucket: paid (0) mostly, promotional, or unknown values.
+            prop_oneof![3 => Just(0), 2 => Just(1), 1 => enumeration(1)],
         )
     };
-    let add = money().prop_map(|(id, credit, token, r, rid, key, note)| {
-        Call::Add(pb::AddBalanceRequest {
-            account_id: id,
-            amount_credit: credit,
-            amount_token: token,
-            reference_type: r,
-            reference_id: rid,
-            idempotency_key: key,
-            note,
-        })
-    });
-    let subtract = money().prop_map(|(id, credit, token, r, rid, key, note)| {
+    let add = (money(), time()).prop_map(
+        |((id, credit, token, r, rid, key, note, bucket), expires_at)| {
+            Call::Add(pb::AddBalanceRequest {
+                account_id: id,
+                amount_credit: credit,
+                amount_token: token,
+                reference_type: r,
+                reference_id: rid,
+                idempotency_key: key,
+                note,
+                bucket,
+                expires_at,
+            })
+        },
+    );
+    let subtract = money().prop_map(|(id, credit, token, r, rid, key, note, bucket)| {
         Call::Subtract(pb::SubtractBalanceRequest {
             account_id: id,
             amount_credit: credit,
@@ -301,6 +307,7 @@ fn calls(ids: &[String]) -> BoxedStrategy<Call> {
             reference_id: rid,
             idempotency_key: key,
             note,
+            bucket,
         })
     });
     let rate = (

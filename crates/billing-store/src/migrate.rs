@@ -47,6 +47,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0008_event_chain",
         include_str!("../../../migrations/0008_event_chain.sql"),
     ),
+    (
+        9,
+        "0009_promotional_credit",
+        include_str!("../../../migrations/0009_promotional_credit.sql"),
+    ),
 ];
 
 /// Serializes concurrent migrators (several replicas starting at once).

@@ -100,7 +100,7 @@ pub(crate) async fn write(
     let created_customers: Vec<Uuid> = created.iter().map(|r| r.account.customer_id).collect();
     let created_versions: Vec<i64> = created.iter().map(|r| r.account.version).collect();
     let created_states = documents(created.iter().map(|r| &r.account))?;
-    let created_topups: Vec<_> = created.iter().map(|r| r.account.tm_next_topup).collect();
+    let created_due: Vec<_> = created.iter().map(|r| r.account.next_due()).collect();
     let created_at: Vec<_> = created.iter().map(|r| r.updated_at).collect();
 
     let updated: Vec<_> = writes
@@ -111,10 +111,7 @@ pub(crate) async fn write(
     let updated_ids: Vec<Uuid> = updated.iter().map(|(r, _)| r.account.id).collect();
     let updated_states = documents(updated.iter().map(|(r, _)| &r.account))?;
     let updated_versions: Vec<i64> = updated.iter().map(|(r, _)| r.account.version).collect();
-    let updated_topups: Vec<_> = updated
-        .iter()
-        .map(|(r, _)| r.account.tm_next_topup)
-        .collect();
+    let updated_due: Vec<_> = updated.iter().map(|(r, _)| r.account.next_due()).collect();
     let updated_at: Vec<_> = updated.iter().map(|(r, _)| r.updated_at).collect();
     let expected: Vec<i64> = updated.iter().map(|(_, v)| *v).collect();
 
@@ -196,7 +193,7 @@ pub(crate) async fn write(
                 &created_customers,
                 &created_versions,
                 &created_states,
-                &created_topups,
+                &created_due,
                 &created_at,
             ],
         ));
@@ -209,7 +206,7 @@ pub(crate) async fn write(
                 &updated_ids,
                 &updated_states,
                 &updated_versions,
-                &updated_topups,
+                &updated_due,
                 &updated_at,
                 &expected,
             ],

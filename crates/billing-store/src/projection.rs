@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use crate::feed::FeedColumns;
-use billing_domain::{Account, AccountView, Balances, Event, ReferenceType, ledger_line};
+use billing_domain::{Account, AccountView, Balances, Event, Micros, ReferenceType, ledger_line};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
@@ -78,9 +78,13 @@ pub struct LedgerEntry {
     pub rate_token_per_unit: Option<i64>,
     pub rate_credit_per_unit: Option<i64>,
     pub amount_token: i64,
+    /// Paid credit moved.
     pub amount_credit: i64,
+    pub amount_promotional: i64,
     pub balance_token_after: i64,
     pub balance_credit_after: i64,
+    /// Promotional credit after, as recorded (see [`Account::promotional_recorded`]).
+    pub balance_promotional_after: i64,
     pub actor_principal: String,
     pub actor_role: String,
     pub tm_create: DateTime<Utc>,
@@ -105,6 +109,8 @@ pub struct LedgerQuery {
 struct Projected {
     account: Account,
     balances: Balances,
+    /// Promotional credit that counted when the last event happened.
+    promotional: i64,
 }
 
 impl Store {
@@ -302,7 +308,7 @@ impl Store {
         let rows = client
             .query(
                 "SELECT state, balance_credit, balance_token, reserved_credit, reserved_token,
-                        available_credit, available_token
+                        available_credit, available_token, balance_promotional
                  FROM rm_accounts
                  WHERE ($1::uuid IS NULL OR customer_id = $1) AND ($2::uuid IS NULL OR account_id > $2)
                  ORDER BY account_id LIMIT $3",
@@ -320,7 +326,8 @@ impl Store {
             .query(
                 "SELECT id, account_id, version, transaction_type, reference_type, reference_id, service_type,
                         billable_units, rate_token_per_unit, rate_credit_per_unit, amount_token, amount_credit,
-                        balance_token_after, balance_credit_after, actor_principal, actor_role, tm_create
+                        balance_token_after, balance_credit_after, actor_principal, actor_role, tm_create,
+                        amount_promotional, balance_promotional_after
                  FROM ledger_entries
                  WHERE account_id = $1
                    AND ($2::bigint IS NULL OR version < $2)
@@ -345,23 +352,26 @@ impl Store {
 
     /// The balances recorded on the account's last event at or before `at`
     /// (the ledger's balance-after columns agree with them), with that
-    /// event's version; `None` before the account existed.
+    /// event's version and the promotional credit its account view shows
+    /// (0 on events from before promotional credit); `None` before the
+    /// account existed.
     pub async fn balances_as_of(
         &self,
         account_id: Uuid,
         at: DateTime<Utc>,
-    ) -> Result<Option<(i64, Balances)>, StoreError> {
+    ) -> Result<Option<(i64, Balances, Micros)>, StoreError> {
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
                 "SELECT version, balance_credit, balance_token, reserved_credit, reserved_token,
-                        available_credit, available_token
+                        available_credit, available_token,
+                        coalesce((account_after->>'balance_promotional')::bigint, 0)
                  FROM events WHERE account_id = $1 AND occurred_at <= $2
                  ORDER BY version DESC LIMIT 1",
                 &[&account_id, &at],
             )
             .await?;
-        Ok(row.map(|r| (r.get(0), balances(&r, 1))))
+        Ok(row.map(|r| (r.get(0), balances(&r, 1), Micros(r.get(7)))))
     }
 }
 
@@ -376,7 +386,7 @@ fn cursor_from(row: &Row) -> Result<Cursor, StoreError> {
 }
 
 fn balances(row: &Row, first: usize) -> Balances {
-    use billing_domain::{Micros, Tokens};
+    use billing_domain::Tokens;
     Balances {
         balance_credit: Micros(row.get(first)),
         balance_token: Tokens(row.get(first + 1)),
@@ -400,6 +410,7 @@ fn rm_view(row: &Row) -> Result<AccountView, StoreError> {
     view.reserved_token = b.reserved_token;
     view.available_credit = b.available_credit;
     view.available_token = b.available_token;
+    view.balance_promotional = Micros(row.get(7));
     view.over_limit = b.available_credit.is_negative();
     Ok(view)
 }
@@ -423,6 +434,8 @@ fn ledger_entry(row: &Row) -> LedgerEntry {
         actor_principal: row.get(14),
         actor_role: row.get(15),
         tm_create: row.get(16),
+        amount_promotional: row.get(17),
+        balance_promotional_after: row.get(18),
     }
 }
 
@@ -465,6 +478,7 @@ async fn apply(
             Projected {
                 account,
                 balances: Balances::default(),
+                promotional: 0,
             },
         );
     }
@@ -511,15 +525,19 @@ async fn apply(
                 e.account_id, account.version, e.version
             )));
         }
+        let overflow = || StoreError::Corrupt(format!("account {} overflows", e.account_id));
         if let Some(line) = ledger_line(&e.event) {
-            ledger.push((e, line));
+            let promotional_after = account.promotional_recorded().map_err(|_| overflow())?;
+            ledger.push((e, line, promotional_after.get()));
         }
+        let promotional = account.promotional(e.occurred_at).map_err(|_| overflow())?;
         versions.insert(e.account_id, e.version);
         accounts.insert(
             e.account_id,
             Projected {
                 account,
                 balances: e.balances,
+                promotional: promotional.get(),
             },
         );
         touched.insert(e.account_id);
@@ -542,7 +560,9 @@ async fn write_accounts<'a>(
     let mut columns: [Vec<i64>; 6] = Default::default();
     let mut created = Vec::new();
     let mut updated = Vec::new();
+    let mut promotional = Vec::new();
     for p in accounts {
+        promotional.push(p.promotional);
         let a = &p.account;
         ids.push(a.id);
         customers.push(a.customer_id);
@@ -569,17 +589,31 @@ async fn write_accounts<'a>(
     tx.execute(
         "INSERT INTO rm_accounts (account_id, customer_id, version, state, balance_credit, balance_token,
                                   reserved_credit, reserved_token, available_credit, available_token,
-                                  tm_create, tm_update)
+                                  tm_create, tm_update, balance_promotional)
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::json[], $5::bigint[], $6::bigint[],
                               $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],
-                              $11::timestamptz[], $12::timestamptz[])
+                              $11::timestamptz[], $12::timestamptz[], $13::bigint[])
          ON CONFLICT (account_id) DO UPDATE SET
              version = EXCLUDED.version, state = EXCLUDED.state,
              balance_credit = EXCLUDED.balance_credit, balance_token = EXCLUDED.balance_token,
              reserved_credit = EXCLUDED.reserved_credit, reserved_token = EXCLUDED.reserved_token,
              available_credit = EXCLUDED.available_credit, available_token = EXCLUDED.available_token,
-             tm_update = EXCLUDED.tm_update",
-        &[&ids, &customers, &versions, &states, bc, bt, rc, rt, ac, at, &created, &updated],
+             tm_update = EXCLUDED.tm_update, balance_promotional = EXCLUDED.balance_promotional",
+        &[
+            &ids,
+            &customers,
+            &versions,
+            &states,
+            bc,
+            bt,
+            rc,
+            rt,
+            ac,
+            at,
+            &created,
+            &updated,
+            &promotional,
+        ],
     )
     .await?;
     Ok(())
@@ -587,60 +621,76 @@ async fn write_accounts<'a>(
 
 async fn write_ledger(
     tx: &Transaction<'_>,
-    lines: &[(&StoredEvent, billing_domain::LedgerLine)],
+    lines: &[(&StoredEvent, billing_domain::LedgerLine, i64)],
 ) -> Result<(), StoreError> {
     if lines.is_empty() {
         return Ok(());
     }
-    let ids: Vec<Uuid> = lines.iter().map(|(e, _)| e.event_id).collect();
-    let accounts: Vec<Uuid> = lines.iter().map(|(e, _)| e.account_id).collect();
-    let versions: Vec<i64> = lines.iter().map(|(e, _)| e.version).collect();
+    let ids: Vec<Uuid> = lines.iter().map(|(e, _, _)| e.event_id).collect();
+    let accounts: Vec<Uuid> = lines.iter().map(|(e, _, _)| e.account_id).collect();
+    let versions: Vec<i64> = lines.iter().map(|(e, _, _)| e.version).collect();
     let kinds: Vec<&str> = lines
         .iter()
-        .map(|(_, l)| l.transaction_type.as_str())
+        .map(|(_, l, _)| l.transaction_type.as_str())
         .collect();
     let references: Vec<&str> = lines
         .iter()
-        .map(|(_, l)| l.reference_type.as_str())
+        .map(|(_, l, _)| l.reference_type.as_str())
         .collect();
-    let reference_ids: Vec<&str> = lines.iter().map(|(_, l)| l.reference_id.as_str()).collect();
+    let reference_ids: Vec<&str> = lines
+        .iter()
+        .map(|(_, l, _)| l.reference_id.as_str())
+        .collect();
     let services: Vec<Option<&str>> = lines
         .iter()
-        .map(|(_, l)| l.service_type.map(|s| s.as_str()))
+        .map(|(_, l, _)| l.service_type.map(|s| s.as_str()))
         .collect();
-    let units: Vec<Option<i64>> = lines.iter().map(|(_, l)| l.billable_units).collect();
+    let units: Vec<Option<i64>> = lines.iter().map(|(_, l, _)| l.billable_units).collect();
     let rate_tokens: Vec<Option<i64>> = lines
         .iter()
-        .map(|(_, l)| l.rate.map(|r| r.tokens_per_unit.get()))
+        .map(|(_, l, _)| l.rate.map(|r| r.tokens_per_unit.get()))
         .collect();
     let rate_credit: Vec<Option<i64>> = lines
         .iter()
-        .map(|(_, l)| l.rate.map(|r| r.credit_per_unit.get()))
+        .map(|(_, l, _)| l.rate.map(|r| r.credit_per_unit.get()))
         .collect();
-    let amount_token: Vec<i64> = lines.iter().map(|(_, l)| l.amount_token.get()).collect();
-    let amount_credit: Vec<i64> = lines.iter().map(|(_, l)| l.amount_credit.get()).collect();
+    let amount_token: Vec<i64> = lines.iter().map(|(_, l, _)| l.amount_token.get()).collect();
+    let amount_credit: Vec<i64> = lines
+        .iter()
+        .map(|(_, l, _)| l.amount_credit.get())
+        .collect();
+    let amount_promotional: Vec<i64> = lines
+        .iter()
+        .map(|(_, l, _)| l.amount_promotional.get())
+        .collect();
+    let promotional_after: Vec<i64> = lines.iter().map(|(_, _, after)| *after).collect();
     let token_after: Vec<i64> = lines
         .iter()
-        .map(|(e, _)| e.balances.balance_token.get())
+        .map(|(e, _, _)| e.balances.balance_token.get())
         .collect();
     let credit_after: Vec<i64> = lines
         .iter()
-        .map(|(e, _)| e.balances.balance_credit.get())
+        .map(|(e, _, _)| e.balances.balance_credit.get())
         .collect();
     let principals: Vec<&str> = lines
         .iter()
-        .map(|(e, _)| e.actor.principal.as_str())
+        .map(|(e, _, _)| e.actor.principal.as_str())
         .collect();
-    let roles: Vec<&str> = lines.iter().map(|(e, _)| e.actor.role.as_str()).collect();
-    let times: Vec<DateTime<Utc>> = lines.iter().map(|(e, _)| e.occurred_at).collect();
+    let roles: Vec<&str> = lines
+        .iter()
+        .map(|(e, _, _)| e.actor.role.as_str())
+        .collect();
+    let times: Vec<DateTime<Utc>> = lines.iter().map(|(e, _, _)| e.occurred_at).collect();
     tx.execute(
         "INSERT INTO ledger_entries (id, account_id, version, transaction_type, reference_type, reference_id,
                                      service_type, billable_units, rate_token_per_unit, rate_credit_per_unit,
                                      amount_token, amount_credit, balance_token_after, balance_credit_after,
-                                     actor_principal, actor_role, tm_create)
+                                     actor_principal, actor_role, tm_create, amount_promotional,
+                                     balance_promotional_after)
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], $6::text[],
                               $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[],
-                              $13::bigint[], $14::bigint[], $15::text[], $16::text[], $17::timestamptz[])
+                              $13::bigint[], $14::bigint[], $15::text[], $16::text[], $17::timestamptz[],
+                              $18::bigint[], $19::bigint[])
          ON CONFLICT (id) DO NOTHING",
         &[
             &ids,
@@ -660,6 +710,8 @@ async fn write_ledger(
             &principals,
             &roles,
             &times,
+            &amount_promotional,
+            &promotional_after,
         ],
     )
     .await?;

@@ -85,7 +85,7 @@ impl Store {
                 "(SELECT DISTINCT account_id FROM reservations
                   WHERE status = 'active' AND expires_at <= $1 LIMIT $2)
                  UNION
-                 (SELECT account_id FROM accounts WHERE next_topup <= $1 LIMIT $2)",
+                 (SELECT account_id FROM accounts WHERE next_due <= $1 LIMIT $2)",
                 &[&now, &limit],
             )
             .await?;

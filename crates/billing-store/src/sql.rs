@@ -38,19 +38,19 @@ SELECT reservation_id, hold, status, commit_outcome, coalesce(resolved_version, 
 FROM reservations WHERE reservation_id = ANY($1::text[])";
 
 pub(crate) const INSERT_ACCOUNTS: &str = "
-INSERT INTO accounts (account_id, customer_id, version, state, next_topup, created_at, updated_at)
-SELECT a.id, a.customer, a.version, a.state, a.next_topup, a.at, a.at
+INSERT INTO accounts (account_id, customer_id, version, state, next_due, created_at, updated_at)
+SELECT a.id, a.customer, a.version, a.state, a.next_due, a.at, a.at
 FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::json[], $5::timestamptz[], $6::timestamptz[])
-     AS a(id, customer, version, state, next_topup, at)";
+     AS a(id, customer, version, state, next_due, at)";
 
 /// Fenced by the version each account was decided from; a row that moved
 /// fails the statement (and so the batch) with a serialization failure.
 pub(crate) const UPDATE_ACCOUNTS: &str = "
 WITH changed AS (
     UPDATE accounts a
-    SET state = w.state, version = w.version, next_topup = w.next_topup, updated_at = w.at
+    SET state = w.state, version = w.version, next_due = w.next_due, updated_at = w.at
     FROM unnest($1::uuid[], $2::json[], $3::bigint[], $4::timestamptz[], $5::timestamptz[], $6::bigint[])
-         AS w(id, state, version, next_topup, at, expected)
+         AS w(id, state, version, next_due, at, expected)
     WHERE a.account_id = w.id AND a.version = w.expected
     RETURNING 1
 )

@@ -328,6 +328,8 @@ async fn a_replica_never_acts_on_its_stale_copy_of_an_account_not_even_to_refuse
         reference_type: ReferenceType::ManualAdjustment,
         reference_id: String::new(),
         note: String::new(),
+        bucket: Default::default(),
+        expires_at: None,
     });
     a.execute(id, &meta(None, b""), &add(1))
         .await

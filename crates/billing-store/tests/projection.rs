@@ -128,6 +128,8 @@ fn command() -> impl Strategy<Value = (usize, Command)> {
             reference_type: ReferenceType::Refund,
             reference_id: "r".into(),
             note: String::new(),
+            bucket: Default::default(),
+            expires_at: None,
         })),
         (service.clone(), 0..400_000i64, 0..5i64).prop_map(|(s, ms, q)| Command::Debit(Debit {
             service_type: s,

@@ -84,11 +84,39 @@ enum AdminCommand {
         #[arg(long)]
         key: Option<String>,
     },
+    /// Grant promotional credit: spent before paid credit, never paid out,
+    /// optionally expiring.
+    Promote {
+        account_id: Uuid,
+        /// Credit in currency units, exactly: 5.00.
+        #[arg(long, conflicts_with = "micros", required_unless_present = "micros")]
+        amount: Option<String>,
+        /// Credit in micros.
+        #[arg(long)]
+        micros: Option<i64>,
+        /// When what is left of it expires (RFC 3339, e.g.
+        /// 2027-01-01T00:00:00Z); never when absent.
+        #[arg(long)]
+        expires: Option<prost_types::Timestamp>,
+        /// Why (kept in the ledger as the entry's note). Required.
+        #[arg(long)]
+        reason: String,
+        /// The campaign or ticket it comes from, if any.
+        #[arg(long)]
+        reference: Option<String>,
+        /// The idempotency key; one is made and printed when absent.
+        #[arg(long)]
+        key: Option<String>,
+    },
     /// Correct a balance up or down (a manual adjustment).
     Adjust {
         account_id: Uuid,
         #[command(flatten)]
         amount: AmountArgs,
+        /// Adjust promotional credit instead of paid credit (taking it away
+        /// removes it from the grants that expire first).
+        #[arg(long)]
+        promotional: bool,
         /// Why (kept in the ledger as the entry's note). Required.
         #[arg(long)]
         reason: String,
@@ -207,6 +235,39 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                     reference_id: reference.unwrap_or_default(),
                     idempotency_key: key.value.clone(),
                     note: reason,
+                    ..Default::default()
+                })
+                .await;
+            reply.map(|r| {
+                let r = r.into_inner();
+                out.changed(&key, &r, "AddBalanceResponse", r.account.as_ref())
+            })
+        }
+        AdminCommand::Promote {
+            account_id,
+            amount,
+            micros,
+            expires,
+            reason,
+            reference,
+            key,
+        } => {
+            let credit = match (&amount, micros) {
+                (Some(text), _) => parse_units(text).with_context(|| format!("--amount {text}"))?,
+                (None, micros) => micros.unwrap_or(0),
+            };
+            let key = Key::new(key);
+            let reply = client
+                .add_balance(pb::AddBalanceRequest {
+                    account_id: account_id.to_string(),
+                    amount_credit: credit,
+                    reference_type: pb::ReferenceType::Promotion.into(),
+                    reference_id: reference.unwrap_or_default(),
+                    idempotency_key: key.value.clone(),
+                    note: reason,
+                    bucket: pb::BalanceBucket::Promotional.into(),
+                    expires_at: expires,
+                    ..Default::default()
                 })
                 .await;
             reply.map(|r| {
@@ -217,14 +278,20 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Adjust {
             account_id,
             amount,
+            promotional,
             reason,
             key,
         } => {
+            let bucket = if promotional {
+                pb::BalanceBucket::Promotional
+            } else {
+                pb::BalanceBucket::Paid
+            };
             adjust(
                 &mut client,
                 &out,
                 account_id,
-                &amount,
+                (&amount, bucket),
                 reason,
                 Key::new(key),
             )
@@ -358,7 +425,7 @@ async fn adjust(
     client: &mut Client,
     out: &view::Output,
     id: Uuid,
-    amount: &AmountArgs,
+    (amount, bucket): (&AmountArgs, pb::BalanceBucket),
     reason: String,
     key: Key,
 ) -> anyhow::Result<Result<Printed, Status>> {
@@ -380,6 +447,7 @@ async fn adjust(
                 reference_type: pb::ReferenceType::ManualAdjustment.into(),
                 idempotency_key: key.value.clone(),
                 note: reason,
+                bucket: bucket.into(),
                 ..Default::default()
             })
             .await
@@ -401,6 +469,7 @@ async fn adjust(
                 reference_type: pb::ReferenceType::ManualAdjustment.into(),
                 idempotency_key: key.value.clone(),
                 note: reason,
+                bucket: bucket.into(),
                 ..Default::default()
             })
             .await

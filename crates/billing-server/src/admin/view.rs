@@ -82,8 +82,10 @@ impl Output {
             ("REFERENCE", Align::Left),
             ("UNITS", Align::Right),
             ("CREDIT", Align::Right),
+            ("PROMOTIONAL", Align::Right),
             ("TOKENS", Align::Right),
             ("BALANCE AFTER", Align::Right),
+            ("PROMO AFTER", Align::Right),
             ("TOKENS AFTER", Align::Right),
             ("BY", Align::Left),
         ]);
@@ -101,8 +103,10 @@ impl Output {
                 reference,
                 entry.billable_units.to_string(),
                 format_units(entry.amount_credit),
+                format_units(entry.amount_promotional),
                 entry.amount_token.to_string(),
                 format_units(entry.balance_credit_after),
+                format_units(entry.balance_promotional_after),
                 entry.balance_token_after.to_string(),
                 entry.actor.clone(),
             ]);
@@ -173,6 +177,7 @@ fn account_lines(account: &pb::BillingAccount, balance: Option<&pb::Balance>) ->
         rows.push(("promotional", money(balance.promotional_balance)));
         rows.push(("available", money(balance.available_balance)));
     } else {
+        rows.push(("promotional", money(account.balance_promotional)));
         rows.push(("available", money(account.available_credit)));
     }
     rows.extend([

@@ -31,6 +31,8 @@ pub fn add(credit: i64) -> Command {
         reference_type: ReferenceType::Payment,
         reference_id: String::new(),
         note: String::new(),
+        bucket: Default::default(),
+        expires_at: None,
     })
 }
 

@@ -107,6 +107,8 @@ named_enum!(
     }
 );
 
+// `named_enum!` takes no attributes on variants, so no `#[default]`.
+#[allow(clippy::derivable_impls)]
 impl Default for Bucket {
     fn default() -> Self {
         Self::Paid

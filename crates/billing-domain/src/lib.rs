@@ -26,7 +26,10 @@ pub mod money;
 pub mod rates;
 pub mod timestamp;
 
-pub use account::{Account, AccountView, Balances, Hold, ReservationView};
+pub use account::{
+    Account, AccountView, Balances, Hold, MAX_PROMOTIONS, Promotion, PromotionSpend,
+    ReservationView,
+};
 pub use catalog::*;
 pub use command::*;
 pub use decide::{Executed, Quote, as_of, create, execute, quote};

@@ -1,6 +1,8 @@
-//! Property tests: random command sequences conserve money, never make tokens
-//! negative, never let a reservation or debit cross a hard limit, and the
-//! state always equals a fresh fold of the events.
+//! Property tests: random command sequences conserve money in both credit
+//! buckets, never make tokens or promotional credit negative, never let a
+//! reservation or debit cross a hard limit, spend promotional credit first
+//! (earliest expiry first) and never take it with paid credit, and the state
+//! always equals a fresh fold of the events.
 
 use billing_domain::*;
 use chrono::{DateTime, Duration, TimeZone, Utc};
@@ -29,9 +31,37 @@ fn command() -> impl Strategy<Value = Command> {
         bucket: Default::default(),
         expires_at: None,
     });
+    // Promotional credit, expiring within the sequence's span or never.
+    let promotional = (
+        1..150_000i64,
+        prop::option::of(1..6_000_000i64),
+        any::<bool>(),
+    )
+        .prop_map(|(c, expires_in_ms, add)| {
+            let change = BalanceChange {
+                amount_credit: Micros(c),
+                amount_token: Tokens::ZERO,
+                reference_type: ReferenceType::Promotion,
+                reference_id: String::new(),
+                note: String::new(),
+                bucket: Bucket::Promotional,
+                expires_at: None,
+            };
+            if add {
+                Command::AddBalance(BalanceChange {
+                    // From the sequence's start: some are already past when
+                    // they come, and are refused.
+                    expires_at: expires_in_ms.map(|ms| t0() + Duration::milliseconds(ms)),
+                    ..change
+                })
+            } else {
+                Command::SubtractBalance(change)
+            }
+        });
     prop_oneof![
         change.clone().prop_map(Command::AddBalance),
         change.prop_map(Command::SubtractBalance),
+        promotional,
         (service(), 0..600_000i64, 0..20i64).prop_map(|(s, ms, q)| {
             let usage = if s.unit() == Unit::Minute {
                 Usage::DurationMs(ms)
@@ -91,9 +121,25 @@ fn account_kind() -> impl Strategy<Value = (PlanType, CreditLimitType, bool, i64
     )
 }
 
-/// Credit and token deltas of one event, as the ledger records them.
-fn deltas(event: &Event) -> (i64, i64) {
-    ledger_line(event).map_or((0, 0), |l| (l.amount_credit.get(), l.amount_token.get()))
+/// Paid credit, promotional credit and token deltas of one event, as the
+/// ledger records them.
+fn deltas(event: &Event) -> (i64, i64, i64) {
+    ledger_line(event).map_or((0, 0, 0), |l| {
+        (
+            l.amount_credit.get(),
+            l.amount_promotional.get(),
+            l.amount_token.get(),
+        )
+    })
+}
+
+/// The promotional credit a usage event spent, and what it charged in all.
+fn usage_spend(event: &Event) -> Option<(&[PromotionSpend], Micros)> {
+    match event {
+        Event::Debited(e) => Some((&e.promotional, e.charged_credit)),
+        Event::Committed(e) => Some((&e.promotional, e.charged_credit)),
+        _ => None,
+    }
 }
 
 fn is_spend(command: &Command) -> bool {
@@ -137,10 +183,50 @@ proptest! {
             let Ok(done) = execute(&account, &command, &Context { now, rates: &rates, resolved: None }) else {
                 continue;
             };
+            // Replays the events one by one, to check each against the
+            // account just before it.
+            let mut before = account.clone();
             for (i, recorded) in done.events.iter().enumerate() {
                 prop_assert_eq!(recorded.version, account.version + 1 + i as i64);
                 prop_assert!(!recorded.balances.balance_token.is_negative(), "tokens went negative");
+                if let Some((spends, charged)) = usage_spend(&recorded.event) {
+                    // Usage spends promotional credit first: all of it that
+                    // is live, up to the charge, from the grants in spending
+                    // order (earliest expiry first).
+                    let live: Vec<&Promotion> =
+                        before.promotions.iter().filter(|p| p.is_live(now)).collect();
+                    let spent = Micros::checked_sum(spends.iter().map(|s| s.amount)).unwrap();
+                    let available = before.promotional(now).unwrap();
+                    prop_assert_eq!(spent, charged.min(available));
+                    for (spend, grant) in spends.iter().zip(&live) {
+                        prop_assert_eq!(spend.grant, grant.grant, "not in spending order");
+                    }
+                    for (spend, grant) in spends.iter().zip(&live).rev().skip(1) {
+                        prop_assert_eq!(spend.amount, grant.remaining, "an earlier grant left unspent");
+                    }
+                }
+                if let (Event::BalanceSubtracted(e), Command::SubtractBalance(c)) = (&recorded.event, &command)
+                    && c.bucket == Bucket::Paid
+                {
+                    prop_assert!(e.promotions.is_empty(), "a paid subtraction took promotional credit");
+                    prop_assert_eq!(deltas(&recorded.event).1, 0);
+                }
+                before.apply(&recorded.event, now).unwrap();
+                prop_assert!(
+                    before.promotions.iter().all(|p| p.remaining.is_positive()),
+                    "a promotional grant went to zero or below and stayed"
+                );
+                prop_assert!(
+                    before.promotions.windows(2).all(|w| {
+                        (w[0].expires_at.is_none(), w[0].expires_at, w[0].grant)
+                            <= (w[1].expires_at.is_none(), w[1].expires_at, w[1].grant)
+                    }),
+                    "grants out of spending order"
+                );
             }
+            // Expired promotional credit never counts: once housekept, no
+            // grant past its expiry remains.
+            prop_assert!(done.account.promotions.iter().all(|p| p.is_live(now)));
             log.extend(done.events.iter().map(|r| (r.event.clone(), now)));
             let after = done.account.view(now).unwrap();
 
@@ -157,12 +243,14 @@ proptest! {
             account = done.account;
         }
 
-        // Money is conserved: the balances are the sum of the ledger's movements.
-        let (credit, tokens) = log.iter().fold((0i64, 0i64), |(c, t), (e, _)| {
-            let (dc, dt) = deltas(e);
-            (c + dc, t + dt)
+        // Money is conserved: each balance is the sum of the ledger's
+        // movements in its bucket.
+        let (credit, promotional, tokens) = log.iter().fold((0i64, 0i64, 0i64), |(c, p, t), (e, _)| {
+            let (dc, dp, dt) = deltas(e);
+            (c + dc, p + dp, t + dt)
         });
         prop_assert_eq!(account.balance_credit, Micros(credit));
+        prop_assert_eq!(account.promotional_recorded().unwrap(), Micros(promotional));
         prop_assert_eq!(account.balance_token, Tokens(tokens));
 
         // The state is a fold of its events.

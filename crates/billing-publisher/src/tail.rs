@@ -7,7 +7,7 @@ use futures::StreamExt;
 use rdkafka::ClientConfig;
 use rdkafka::Message as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use serde_json::Value;
 
 /// A change as consumers see it: whether it is new, and its line.
@@ -54,12 +54,26 @@ pub async fn run(brokers: &str, topic: &str) -> Result<(), KafkaError> {
         .set("group.id", format!("billing-tail-{}", uuid::Uuid::new_v4()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
+        // Until the publisher creates the topic, look for it every second
+        // (librdkafka's default is every 5 minutes).
+        .set("topic.metadata.refresh.interval.ms", "1000")
         .create()?;
     consumer.subscribe(&[topic])?;
     let mut dedup = Dedup::default();
     let mut stream = consumer.stream();
+    let mut waiting_said = false;
     while let Some(message) = stream.next().await {
-        let message = message?;
+        let message = match message {
+            Ok(message) => message,
+            Err(KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition)) => {
+                if !waiting_said {
+                    eprintln!("waiting for {topic} to exist (the publisher creates it)");
+                    waiting_said = true;
+                }
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
         let Some(payload) = message
             .payload()
             .and_then(|p| serde_json::from_slice::<Value>(p).ok())

@@ -63,6 +63,10 @@ async fn consume(
         .set("group.id", format!("test-{}", uuid::Uuid::new_v4()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
+        // The publisher creates the topic with its first batch, perhaps after
+        // this subscribes: look again often (librdkafka's default is every
+        // 5 minutes), so the topic is found as soon as it exists.
+        .set("topic.metadata.refresh.interval.ms", "250")
         .create()
         .unwrap();
     consumer.subscribe(&[topic]).unwrap();

@@ -166,6 +166,89 @@ async fn an_adjustment_down_takes_credit_with_its_reason_and_the_ledger_shows_it
 }
 
 #[tokio::test]
+async fn an_operator_grants_promotional_credit_with_an_expiry_and_removes_it_explicitly() {
+    let app = TestApp::spawn().await;
+    let account = app.account(1_000_000).await;
+    let id = account.id.as_str();
+
+    let granted = admin(
+        &app,
+        operator(),
+        &[
+            "promote",
+            id,
+            "--amount",
+            "5.00",
+            "--expires",
+            "2099-01-01T00:00:00Z",
+            "--reason",
+            "goodwill",
+            "--json",
+        ],
+    )
+    .await
+    .json();
+    assert_eq!(granted["account"]["balance_credit"], 1_000_000);
+    assert_eq!(granted["account"]["balance_promotional"], 5_000_000);
+    assert_eq!(granted["account"]["available_credit"], 6_000_000);
+
+    let shown = admin(&app, operator(), &["show", id]).await;
+    assert!(
+        shown.stdout.contains("5.00 USD (5000000 micros)"),
+        "{}",
+        shown.stdout
+    );
+
+    let removed = admin(
+        &app,
+        operator(),
+        &[
+            "adjust",
+            id,
+            "--promotional",
+            "--amount",
+            "-1.25",
+            "--reason",
+            "granted twice",
+            "--json",
+        ],
+    )
+    .await
+    .json();
+    assert_eq!(removed["account"]["balance_promotional"], 3_750_000);
+    assert_eq!(removed["account"]["balance_credit"], 1_000_000);
+
+    let ledger = admin(&app, operator(), &["ledger", id, "--json"])
+        .await
+        .json();
+    let entries = ledger["transactions"].as_array().unwrap();
+    assert_eq!(entries[0]["amount_promotional"], -1_250_000);
+    assert_eq!(
+        entries[1]["transaction_type"],
+        "TRANSACTION_TYPE_PROMOTIONAL_GRANT"
+    );
+    assert_eq!(entries[1]["amount_promotional"], 5_000_000);
+
+    // A date that is not RFC 3339 is refused before anything is sent.
+    let bad = admin(
+        &app,
+        operator(),
+        &[
+            "promote",
+            id,
+            "--amount",
+            "1",
+            "--expires",
+            "tomorrow",
+            "--reason",
+            "x",
+        ],
+    )
+    .await;
+    assert!(!bad.ok);
+}
+
+#[tokio::test]
 async fn freeze_stops_holds_and_unfreeze_lets_them_again() {
     let app = TestApp::spawn().await;
     let account = app.account(10_000_000).await;

@@ -45,11 +45,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 free_port() {
-  local port
-  for port in $(seq "$1" $(( $1 + 200 ))); do
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "$port"; return; fi
-  done
-  return 1
+  "$root/scripts/free-port.sh" "$1"
 }
 
 echo "building (release)..."

@@ -13,15 +13,7 @@ mkdir -p "$dev"
 
 # The first free TCP port on loopback from $1 upwards.
 free_port() {
-  local port
-  for port in $(seq "$1" $(( $1 + 200 ))); do
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      echo "$port"
-      return
-    fi
-  done
-  echo "dev.sh: no free port from $1" >&2
-  return 1
+  "$root/scripts/free-port.sh" "$1"
 }
 
 started_pg=()

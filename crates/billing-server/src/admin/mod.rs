@@ -225,23 +225,16 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             if credit < 0 || tokens < 0 {
                 bail!("a top-up adds: use `billing admin adjust` to take credit away");
             }
-            let key = Key::new(key);
-            let reply = client
-                .add_balance(pb::AddBalanceRequest {
-                    account_id: account_id.to_string(),
-                    amount_credit: credit,
-                    amount_token: tokens,
-                    reference_type: pb::ReferenceType::Payment.into(),
-                    reference_id: reference.unwrap_or_default(),
-                    idempotency_key: key.value.clone(),
-                    note: reason,
-                    ..Default::default()
-                })
-                .await;
-            reply.map(|r| {
-                let r = r.into_inner();
-                out.changed(&key, &r, "AddBalanceResponse", r.account.as_ref())
-            })
+            let payment = pb::AddBalanceRequest {
+                account_id: account_id.to_string(),
+                amount_credit: credit,
+                amount_token: tokens,
+                reference_type: pb::ReferenceType::Payment.into(),
+                reference_id: reference.unwrap_or_default(),
+                note: reason,
+                ..Default::default()
+            };
+            add_balance(&mut client, &out, &Key::new(key), payment).await
         }
         AdminCommand::Promote {
             account_id,
@@ -256,24 +249,17 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 (Some(text), _) => parse_units(text).with_context(|| format!("--amount {text}"))?,
                 (None, micros) => micros.unwrap_or(0),
             };
-            let key = Key::new(key);
-            let reply = client
-                .add_balance(pb::AddBalanceRequest {
-                    account_id: account_id.to_string(),
-                    amount_credit: credit,
-                    reference_type: pb::ReferenceType::Promotion.into(),
-                    reference_id: reference.unwrap_or_default(),
-                    idempotency_key: key.value.clone(),
-                    note: reason,
-                    bucket: pb::BalanceBucket::Promotional.into(),
-                    expires_at: expires,
-                    ..Default::default()
-                })
-                .await;
-            reply.map(|r| {
-                let r = r.into_inner();
-                out.changed(&key, &r, "AddBalanceResponse", r.account.as_ref())
-            })
+            let grant = pb::AddBalanceRequest {
+                account_id: account_id.to_string(),
+                amount_credit: credit,
+                reference_type: pb::ReferenceType::Promotion.into(),
+                reference_id: reference.unwrap_or_default(),
+                note: reason,
+                bucket: pb::BalanceBucket::Promotional.into(),
+                expires_at: expires,
+                ..Default::default()
+            };
+            add_balance(&mut client, &out, &Key::new(key), grant).await
         }
         AdminCommand::Adjust {
             account_id,
@@ -439,22 +425,16 @@ async fn adjust(
         bail!("an adjustment of nothing: give a non-zero --amount, --micros or --tokens");
     }
     let reply = if adding {
-        client
-            .add_balance(pb::AddBalanceRequest {
-                account_id: id.to_string(),
-                amount_credit: credit,
-                amount_token: tokens,
-                reference_type: pb::ReferenceType::ManualAdjustment.into(),
-                idempotency_key: key.value.clone(),
-                note: reason,
-                bucket: bucket.into(),
-                ..Default::default()
-            })
-            .await
-            .map(|r| {
-                let r = r.into_inner();
-                out.changed(&key, &r, "AddBalanceResponse", r.account.as_ref())
-            })
+        let up = pb::AddBalanceRequest {
+            account_id: id.to_string(),
+            amount_credit: credit,
+            amount_token: tokens,
+            reference_type: pb::ReferenceType::ManualAdjustment.into(),
+            note: reason,
+            bucket: bucket.into(),
+            ..Default::default()
+        };
+        add_balance(client, out, &key, up).await
     } else {
         // `checked_neg`: -i64::MIN has no i64; the service would refuse
         // the amount anyway, so refuse it here with the same words.
@@ -479,6 +459,23 @@ async fn adjust(
             })
     };
     Ok(reply)
+}
+
+/// Sends `request` with `key` and prints the account as it now stands.
+async fn add_balance(
+    client: &mut Client,
+    out: &view::Output,
+    key: &Key,
+    request: pb::AddBalanceRequest,
+) -> Result<Printed, Status> {
+    let reply = client
+        .add_balance(pb::AddBalanceRequest {
+            idempotency_key: key.value.clone(),
+            ..request
+        })
+        .await?
+        .into_inner();
+    Ok(out.changed(key, &reply, "AddBalanceResponse", reply.account.as_ref()))
 }
 
 async fn set_status(

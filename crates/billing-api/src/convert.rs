@@ -205,6 +205,15 @@ pub fn account(v: &AccountView) -> pb::BillingAccount {
         version: v.version,
         over_limit: v.over_limit,
         balance_promotional: v.balance_promotional.get(),
+        promotional_grants: v
+            .promotional_grants
+            .iter()
+            .map(|g| pb::PromotionalGrant {
+                grant_version: g.grant,
+                remaining: g.remaining.get(),
+                expires_at: g.expires_at.map(timestamp),
+            })
+            .collect(),
     }
 }
 

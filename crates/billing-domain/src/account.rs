@@ -312,6 +312,12 @@ impl Account {
             balance_credit: b.balance_credit,
             balance_token: b.balance_token,
             balance_promotional: self.promotional(now)?,
+            promotional_grants: self
+                .promotions
+                .iter()
+                .filter(|p| p.is_live(now))
+                .cloned()
+                .collect(),
             reserved_credit: b.reserved_credit,
             reserved_token: b.reserved_token,
             available_credit: b.available_credit,
@@ -349,6 +355,9 @@ pub struct AccountView {
     /// Promotional credit that counts now (not in `balance_credit`).
     #[serde(default)]
     pub balance_promotional: Micros,
+    /// The live grants making it up, in spending order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub promotional_grants: Vec<Promotion>,
     pub reserved_credit: Micros,
     pub reserved_token: Tokens,
     pub available_credit: Micros,

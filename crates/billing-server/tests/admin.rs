@@ -194,10 +194,16 @@ async fn an_operator_grants_promotional_credit_with_an_expiry_and_removes_it_exp
 
     let shown = admin(&app, operator(), &["show", id]).await;
     assert!(
-        shown.stdout.contains("5.00 USD (5000000 micros)"),
+        shown
+            .stdout
+            .contains("  grant         5.00 USD (5000000 micros) until 2099-01-01 00:00:00"),
         "{}",
         shown.stdout
     );
+    let grants = granted["account"]["promotional_grants"].as_array().unwrap();
+    assert_eq!(grants.len(), 1);
+    assert_eq!(grants[0]["remaining"], 5_000_000);
+    assert_eq!(grants[0]["expires_at"], "2099-01-01T00:00:00Z");
 
     let removed = admin(
         &app,

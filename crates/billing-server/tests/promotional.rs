@@ -131,6 +131,13 @@ async fn promotional_credit_is_spent_first_and_never_refunded_as_paid_credit() {
     assert_eq!(granted.balance_credit, 100_000, "paid credit only");
     assert_eq!(granted.balance_promotional, 5 * SMS);
     assert_eq!(granted.available_credit, 150_000);
+    assert_eq!(granted.promotional_grants.len(), 1);
+    let grant = &granted.promotional_grants[0];
+    assert_eq!(
+        (grant.grant_version, grant.remaining),
+        (granted.version, 5 * SMS)
+    );
+    assert!(grant.expires_at.is_some());
     let b = balance(&app, id).await;
     assert_eq!(
         (b.balance, b.promotional_balance, b.available_balance),
@@ -231,6 +238,7 @@ async fn expired_promotional_credit_stops_counting_at_its_time_and_the_sweeper_r
     // Exact at read time, whether or not the sweeper has run.
     let now = app.get(id).await;
     assert_eq!((now.balance_promotional, now.available_credit), (0, 2_000));
+    assert!(now.promotional_grants.is_empty());
     assert_eq!(balance(&app, id).await.promotional_balance, 0);
 
     let account_id = id.parse().unwrap();

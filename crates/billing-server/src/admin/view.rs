@@ -175,9 +175,27 @@ fn account_lines(account: &pb::BillingAccount, balance: Option<&pb::Balance>) ->
     ];
     if let Some(balance) = balance {
         rows.push(("promotional", money(balance.promotional_balance)));
-        rows.push(("available", money(balance.available_balance)));
     } else {
         rows.push(("promotional", money(account.balance_promotional)));
+    }
+    // Each grant on a line of its own, in the order they are spent.
+    for grant in &account.promotional_grants {
+        let until = match &grant.expires_at {
+            Some(at) => format!("until {}", when(Some(at))),
+            None => "never expires".to_owned(),
+        };
+        rows.push((
+            "  grant",
+            format!(
+                "{} {until} (granted at version {})",
+                money(grant.remaining),
+                grant.grant_version
+            ),
+        ));
+    }
+    if let Some(balance) = balance {
+        rows.push(("available", money(balance.available_balance)));
+    } else {
         rows.push(("available", money(account.available_credit)));
     }
     rows.extend([

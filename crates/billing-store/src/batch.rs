@@ -140,6 +140,9 @@ pub(crate) struct ReservationRow {
     pub account_id: Uuid,
     pub status: ReservationStatus,
     pub hold: Hold,
+    /// The hold differs from the stored one (made or extended in this
+    /// batch). A resolution alone leaves the stored hold as it is.
+    pub hold_changed: bool,
     pub commit_outcome: Option<CommitOutcome>,
     pub resolved_version: Option<i64>,
     pub updated_at: DateTime<Utc>,
@@ -431,8 +434,17 @@ impl Batch<'_> {
                 account_version: row.resolved_version.unwrap_or(0),
             },
         );
-        let new = row.new || self.reservations.get(&id).is_some_and(|r| r.new);
-        self.reservations.insert(id, ReservationRow { new, ..row });
+        let earlier = self.reservations.get(&id);
+        let new = row.new || earlier.is_some_and(|r| r.new);
+        let hold_changed = row.hold_changed || earlier.is_some_and(|r| r.hold_changed);
+        self.reservations.insert(
+            id,
+            ReservationRow {
+                new,
+                hold_changed,
+                ..row
+            },
+        );
     }
 }
 
@@ -472,6 +484,9 @@ fn reservation_rows(
             _ => None,
         };
         let new = matches!(recorded.event, Event::Reserved(_));
+        let hold_changed = new
+            || matches!(recorded.event, Event::ReservationExtended(_))
+            || rows.get(id).is_some_and(|r| r.hold_changed);
         rows.insert(
             id,
             ReservationRow {
@@ -479,6 +494,7 @@ fn reservation_rows(
                 account_id: before.id,
                 status,
                 hold: hold.clone(),
+                hold_changed,
                 commit_outcome,
                 resolved_version: (status != ReservationStatus::Active).then_some(recorded.version),
                 updated_at: now,

@@ -36,6 +36,7 @@ mod pipeline;
 mod probe;
 mod projection;
 mod read;
+mod reservation;
 mod sql;
 mod verify;
 mod watch;

@@ -6,14 +6,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use billing_domain::{Hold, ResolvedReservation};
 use futures::TryStreamExt;
-use tokio_postgres::types::{Json, ToSql};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row, Statement};
 use uuid::Uuid;
 
 use crate::batch::Writes;
 use crate::document::{Document, documents};
+use crate::reservation::StoredCommit;
 use crate::{StoreError, sql};
 
 /// Why an attempt failed, and whether its COMMIT had been sent (then its
@@ -38,23 +38,6 @@ pub(crate) struct Fence<'a> {
     pub(crate) lock_keys: &'a [i64],
     pub(crate) ids: &'a [Uuid],
     pub(crate) versions: &'a [i64],
-}
-
-pub(crate) fn reservation_from_row(row: &Row) -> Result<(String, ResolvedReservation), StoreError> {
-    let status: &str = row.try_get(2)?;
-    let Json(hold): Json<Hold> = row.try_get(1)?;
-    let commit: Option<Json<billing_domain::CommitOutcome>> = row.try_get(3)?;
-    Ok((
-        row.try_get(0)?,
-        ResolvedReservation {
-            hold,
-            status: status
-                .parse()
-                .map_err(|_| StoreError::Corrupt(format!("reservation status `{status}`")))?,
-            commit: commit.map(|Json(c)| c),
-            account_version: row.try_get(4)?,
-        },
-    ))
 }
 
 pub(crate) type Step<'a> =
@@ -152,11 +135,20 @@ pub(crate) async fn write(
                 .collect(),
             accounts: rows.iter().map(|r| r.account_id).collect(),
             statuses: rows.iter().map(|r| r.status.as_str()).collect(),
-            holds: documents(rows.iter().map(|r| &r.hold))?,
+            holds: rows
+                .iter()
+                .map(|r| (r.new || r.hold_changed).then(|| Document::of(&r.hold)))
+                .map(Option::transpose)
+                .collect::<Result<_, _>>()?,
             expires_at: rows.iter().map(|r| r.hold.expires_at).collect(),
             commits: rows
                 .iter()
-                .map(|r| r.commit_outcome.as_ref().map(Document::of).transpose())
+                .map(|r| {
+                    r.commit_outcome
+                        .as_ref()
+                        .map(|c| Document::of(&StoredCommit::of(c)))
+                        .transpose()
+                })
                 .collect::<Result<_, _>>()?,
             resolved: rows.iter().map(|r| r.resolved_version).collect(),
             updated_at: rows.iter().map(|r| r.updated_at).collect(),
@@ -290,7 +282,8 @@ struct ReservationColumns<'a> {
     ids: Vec<&'a str>,
     accounts: Vec<Uuid>,
     statuses: Vec<&'static str>,
-    holds: Vec<Document>,
+    /// `None` where the stored hold stands.
+    holds: Vec<Option<Document>>,
     expires_at: Vec<chrono::DateTime<chrono::Utc>>,
     commits: Vec<Option<Document>>,
     resolved: Vec<Option<i64>>,

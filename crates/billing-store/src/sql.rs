@@ -33,9 +33,16 @@ pub(crate) const LOAD_KEYS: &str = "
 SELECT idempotency_key, operation, request_hash, outcome
 FROM idempotency_keys WHERE idempotency_key = ANY($1::text[])";
 
+/// With a commit's outcome, the account view of the event it names (the
+/// outcome is stored without it).
 pub(crate) const LOAD_RESERVATIONS: &str = "
-SELECT reservation_id, hold, status, commit_outcome, coalesce(resolved_version, 0)
-FROM reservations WHERE reservation_id = ANY($1::text[])";
+SELECT r.reservation_id, r.hold, r.status, r.commit_outcome, coalesce(r.resolved_version, 0),
+       e.account_after
+FROM reservations r
+LEFT JOIN events e
+       ON e.account_id = r.account_id
+      AND e.version = (r.commit_outcome->>'account_version')::bigint
+WHERE r.reservation_id = ANY($1::text[])";
 
 pub(crate) const INSERT_ACCOUNTS: &str = "
 INSERT INTO accounts (account_id, customer_id, version, state, next_due, created_at, updated_at)
@@ -85,7 +92,7 @@ SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::json[], $5::timesta
 pub(crate) const UPDATE_RESERVATIONS: &str = "
 WITH changed AS (
     UPDATE reservations r
-    SET status = w.status, hold = w.hold, expires_at = w.expires_at,
+    SET status = w.status, hold = coalesce(w.hold, r.hold), expires_at = w.expires_at,
         commit_outcome = w.commit_outcome, resolved_version = w.resolved_version,
         updated_at = w.at
     FROM unnest($1::text[], $2::uuid[], $3::text[], $4::json[], $5::timestamptz[],

@@ -39,7 +39,8 @@ use uuid::Uuid;
 
 use crate::batch::{self, Answer, Decided, Loaded, StoredKey, Work};
 use crate::observe;
-use crate::pipeline::{Connection, Failed, Fence, Step, query, reservation_from_row, write};
+use crate::pipeline::{Connection, Failed, Fence, Step, query, write};
+use crate::reservation::reservation_from_row;
 use crate::{Clock, RequestMeta, StoreError};
 
 /// The most commands one transaction carries.

@@ -156,6 +156,9 @@ pub(crate) struct KeyRow {
     pub request_hash: Vec<u8>,
     pub account_id: Uuid,
     pub outcome: Outcome,
+    /// The outcome's account view is the account view of an event this
+    /// batch writes (at the view's version), so the record may leave it out.
+    pub slim: bool,
     pub created_at: DateTime<Utc>,
 }
 
@@ -385,6 +388,7 @@ impl Batch<'_> {
         for row in rows {
             self.record_reservation(row);
         }
+        let last_version = events.last().map(|r| r.version);
         if !events.is_empty() {
             let head = self.append_events(account_id, &account, events, now, meta)?;
             account.chain_head = Some(chain::to_hex(&head));
@@ -404,6 +408,7 @@ impl Batch<'_> {
                 operation: idempotency.operation,
                 request_hash: idempotency.request_hash.clone(),
                 account_id,
+                slim: last_version.is_some() && last_version == view_version(&outcome),
                 outcome: outcome.clone(),
                 created_at: now,
             });
@@ -445,6 +450,16 @@ impl Batch<'_> {
                 ..row
             },
         );
+    }
+}
+
+/// The version of the account view an outcome carries, if it has one.
+fn view_version(outcome: &Outcome) -> Option<i64> {
+    match outcome {
+        Outcome::Account(view) => Some(view.version),
+        Outcome::Charge(c) => Some(c.account.version),
+        Outcome::Commit(c) => Some(c.account.version),
+        Outcome::Reservation(_) => None,
     }
 }
 

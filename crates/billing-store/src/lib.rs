@@ -32,6 +32,7 @@ mod error;
 mod feed;
 mod migrate;
 mod observe;
+mod outcome;
 mod pipeline;
 mod probe;
 mod projection;

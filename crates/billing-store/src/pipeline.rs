@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::batch::Writes;
 use crate::document::{Document, documents};
-use crate::reservation::StoredCommit;
+use crate::outcome::{SlimOutcome, StoredCommit};
 use crate::{StoreError, sql};
 
 /// Why an attempt failed, and whether its COMMIT had been sent (then its
@@ -162,7 +162,15 @@ pub(crate) async fn write(
     let operations: Vec<&str> = k.iter().map(|r| r.operation).collect();
     let hashes: Vec<&[u8]> = k.iter().map(|r| r.request_hash.as_slice()).collect();
     let key_accounts: Vec<Uuid> = k.iter().map(|r| r.account_id).collect();
-    let outcomes = documents(k.iter().map(|r| &r.outcome))?;
+    let outcomes: Vec<Document> = k
+        .iter()
+        .map(
+            |r| match r.slim.then(|| SlimOutcome::of(&r.outcome)).flatten() {
+                Some(slim) => Document::of(&slim),
+                None => Document::of(&r.outcome),
+            },
+        )
+        .collect::<Result<_, _>>()?;
     let key_times: Vec<_> = k.iter().map(|r| r.created_at).collect();
 
     let mut steps: Vec<Step<'_>> = Vec::new();

@@ -1,13 +1,13 @@
-//! A reservation row as stored and read back. A commit's outcome is kept
-//! without the account view (the event it names stores that view already);
-//! a repeated commit joins it back in.
+//! A reservation row read back. A commit's outcome is kept without the
+//! account view (the event it names stores that view already); a repeated
+//! commit joins it back in (`outcome.rs`).
 
-use billing_domain::{AccountView, CommitOutcome, Hold, Micros, ResolvedReservation, Tokens};
-use serde::{Deserialize, Serialize};
+use billing_domain::{AccountView, Hold, ResolvedReservation};
 use tokio_postgres::Row;
 use tokio_postgres::types::Json;
 
 use crate::StoreError;
+use crate::outcome::StoredCommitRow;
 
 /// A row of `sql::LOAD_RESERVATIONS`: the reservation's id, and what a
 /// batch needs of it.
@@ -21,13 +21,7 @@ pub(crate) fn reservation_from_row(row: &Row) -> Result<(String, ResolvedReserva
         Some(Json(StoredCommitRow::Whole(outcome))) => Some(*outcome),
         Some(Json(StoredCommitRow::Slim(stored))) => {
             let account: Option<Json<AccountView>> = row.try_get(5)?;
-            let Some(Json(account)) = account else {
-                return Err(StoreError::Corrupt(format!(
-                    "reservation `{id}`: no account view at version {}",
-                    stored.account_version
-                )));
-            };
-            Some(stored.with(account))
+            Some(stored.with(crate::outcome::joined(account, &id)?))
         }
     };
     Ok((
@@ -41,53 +35,4 @@ pub(crate) fn reservation_from_row(row: &Row) -> Result<(String, ResolvedReserva
             account_version: row.try_get(4)?,
         },
     ))
-}
-
-/// A commit's outcome as the reservation row keeps it: without the account
-/// view, which the event at `account_version` already stores (a repeated
-/// commit reads it back from there).
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct StoredCommit {
-    reservation_id: String,
-    billable_units: i64,
-    charged_token: Tokens,
-    charged_credit: Micros,
-    released_token: Tokens,
-    released_credit: Micros,
-    account_version: i64,
-}
-
-impl StoredCommit {
-    pub(crate) fn of(c: &CommitOutcome) -> Self {
-        Self {
-            reservation_id: c.reservation_id.clone(),
-            billable_units: c.billable_units,
-            charged_token: c.charged_token,
-            charged_credit: c.charged_credit,
-            released_token: c.released_token,
-            released_credit: c.released_credit,
-            account_version: c.account.version,
-        }
-    }
-
-    fn with(self, account: AccountView) -> CommitOutcome {
-        CommitOutcome {
-            reservation_id: self.reservation_id,
-            billable_units: self.billable_units,
-            charged_token: self.charged_token,
-            charged_credit: self.charged_credit,
-            released_token: self.released_token,
-            released_credit: self.released_credit,
-            account,
-        }
-    }
-}
-
-/// A stored commit outcome: whole (rows written before the view moved to
-/// the event) or without the view.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum StoredCommitRow {
-    Whole(Box<CommitOutcome>),
-    Slim(StoredCommit),
 }

@@ -29,9 +29,15 @@ SELECT w.account_id, a.version,
 FROM unnest($1::uuid[], $2::bigint[]) AS w(account_id, cached)
 LEFT JOIN accounts a ON a.account_id = w.account_id";
 
+/// With the account view of the event a stored outcome names (outcomes are
+/// stored without it where that event has it: `outcome.rs`).
 pub(crate) const LOAD_KEYS: &str = "
-SELECT idempotency_key, operation, request_hash, outcome
-FROM idempotency_keys WHERE idempotency_key = ANY($1::text[])";
+SELECT k.idempotency_key, k.operation, k.request_hash, k.outcome, e.account_after
+FROM idempotency_keys k
+LEFT JOIN events e
+       ON e.account_id = k.account_id
+      AND e.version = (k.outcome->>'account_version')::bigint
+WHERE k.idempotency_key = ANY($1::text[])";
 
 /// With a commit's outcome, the account view of the event it names (the
 /// outcome is stored without it).

@@ -30,7 +30,7 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use billing_domain::{Account, Hold, Outcome, RateTable};
+use billing_domain::{Account, Hold, RateTable};
 use lru::LruCache;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::Json;
@@ -39,6 +39,7 @@ use uuid::Uuid;
 
 use crate::batch::{self, Answer, Decided, Loaded, StoredKey, Work};
 use crate::observe;
+use crate::outcome::outcome_from;
 use crate::pipeline::{Connection, Failed, Fence, Step, query, write};
 use crate::reservation::reservation_from_row;
 use crate::{Clock, RequestMeta, StoreError};
@@ -376,9 +377,10 @@ impl Writer {
         }
         if !keys.is_empty() {
             for row in next()? {
-                let Json(outcome): Json<Outcome> = row.try_get(3)?;
+                let key: String = row.try_get(0)?;
+                let outcome = outcome_from(row.try_get(3)?, row.try_get(4)?, &key)?;
                 loaded.keys.insert(
-                    row.try_get(0)?,
+                    key,
                     StoredKey {
                         operation: row.try_get(1)?,
                         request_hash: row.try_get(2)?,

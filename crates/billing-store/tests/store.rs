@@ -665,3 +665,55 @@ async fn a_hold_extended_and_committed_in_one_batch_is_stored_as_extended() {
     };
     assert_eq!(units, expected, "{c:?}");
 }
+
+#[tokio::test]
+async fn an_idempotency_record_keeps_no_account_view_and_replays_the_first_outcome_whole() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let id = created(&store, PlanType::Free, 1_000_000).await;
+    let debit = Command::Debit(Debit {
+        service_type: ServiceType::Sms,
+        usage: Usage::Quantity(3),
+        reference_type: ReferenceType::Sms,
+        reference_id: "batch-1".into(),
+    });
+    let keyed = meta(Some("debit-1"), "debit", b"req-debit");
+    let first = store.execute(id, &keyed, &debit).await.unwrap().unwrap();
+    store
+        .execute(id, &meta(None, "add", b""), &add(5))
+        .await
+        .unwrap()
+        .unwrap();
+
+    let client = db.client().await;
+    let stored: String = client
+        .query_one(
+            "SELECT outcome::text FROM idempotency_keys WHERE idempotency_key = 'debit-1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!stored.contains("\"account\""), "{stored}");
+    assert!(stored.contains("\"account_version\""), "{stored}");
+
+    let again = store.execute(id, &keyed, &debit).await.unwrap().unwrap();
+    assert_eq!(again, first, "the first reply, account view included");
+
+    // A record in the whole form (written before) replays the same.
+    client
+        .execute(
+            "UPDATE idempotency_keys SET outcome = $1::text::json WHERE idempotency_key = 'debit-1'",
+            &[&serde_json::to_string(&first).unwrap()],
+        )
+        .await
+        .unwrap();
+    let fresh = Store::connect(&db.url, 4, RateTable::default()).unwrap();
+    let again = fresh.execute(id, &keyed, &debit).await.unwrap().unwrap();
+    assert_eq!(again, first);
+    assert_eq!(
+        fresh.account(id).await.unwrap().unwrap().balance_credit,
+        Micros(1_000_000 - 30_000 + 5),
+        "charged once"
+    );
+}

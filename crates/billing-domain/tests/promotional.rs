@@ -73,6 +73,17 @@ fn sms(count: i64) -> Command {
 
 const SMS: i64 = 10_000;
 
+/// A hold for `minutes` of an outgoing PSTN call (10,000 micros a minute).
+fn pstn_call(minutes: i64) -> Command {
+    Command::Reserve(Reserve {
+        reservation_id: "call-1".into(),
+        service_type: ServiceType::CallPstnOutgoing,
+        requested_units: minutes,
+        allow_partial: false,
+        ttl_seconds: 0,
+    })
+}
+
 fn when(account: &Account, command: Command) -> Result<Executed, Rejection> {
     when_at(account, command, t0())
 }
@@ -206,13 +217,7 @@ fn usage_spends_promotional_credit_first_earliest_expiry_first() {
 fn a_reservation_counts_promotional_credit_and_its_commit_spends_it_first() {
     let account = promoted(given(0), 60_000, None);
     // 10,000 micros a minute for a PSTN call: 6 minutes fit in 60,000.
-    let reserve = Command::Reserve(Reserve {
-        reservation_id: "call-1".into(),
-        service_type: ServiceType::CallPstnOutgoing,
-        requested_units: 6,
-        allow_partial: false,
-        ttl_seconds: 0,
-    });
+    let reserve = pstn_call(6);
     let held = when(&account, reserve).unwrap();
     assert_eq!(view(&held.account, t0()).available_credit, Micros::ZERO);
     let commit = Command::Commit(Commit {
@@ -253,13 +258,7 @@ fn paid_credit_that_holds_will_need_stays_but_promotional_credit_covers_holds_fi
     // 100,000 paid, 30,000 promotional, 60,000 held: the commit would
     // spend the 30,000 promotional and 30,000 paid, so 70,000 paid may go.
     let account = promoted(given(100_000), 30_000, None);
-    let reserve = Command::Reserve(Reserve {
-        reservation_id: "call-1".into(),
-        service_type: ServiceType::CallPstnOutgoing,
-        requested_units: 6,
-        allow_partial: false,
-        ttl_seconds: 0,
-    });
+    let reserve = pstn_call(6);
     let held = then(when(&account, reserve));
     assert!(when(&held, change(false, Bucket::Paid, 70_001, None)).is_err());
     let done = when(&held, change(false, Bucket::Paid, 70_000, None)).unwrap();

@@ -51,6 +51,8 @@ print("CPU per change: api %.0f us, PostgreSQL %.0f us; load generator %.0f%% of
          d["loadgen_cpu_pct_of_core"]))
 PY
 psql "$db" -qAtc "SELECT 'WAL bytes per event: ' || round(wal_bytes::numeric / $events) FROM pg_stat_wal"
+psql "$db" -qAtc "SELECT 'events per batch: ' || round($events::numeric / greatest(sum(calls), 1), 1)
+                  FROM pg_stat_statements WHERE query LIKE 'INSERT INTO events%'"
 echo "PostgreSQL time per event (us), by statement:"
 psql "$db" -qAt -F '  ' -c "SELECT round(1000 * total_exec_time::numeric / $events, 1),
                                  left(regexp_replace(query, '\\s+', ' ', 'g'), 70)

@@ -38,6 +38,7 @@ mod probe;
 mod projection;
 mod read;
 mod reservation;
+mod routes;
 mod sql;
 mod verify;
 mod watch;
@@ -133,7 +134,7 @@ pub struct Store {
     /// that use) and stopped when the last clone of the store is dropped.
     writers: Arc<OnceLock<writer::Writers>>,
     /// Which account holds each reservation id, for routing.
-    routes: Arc<writer::Routes>,
+    routes: Arc<routes::Routes>,
 }
 
 impl std::fmt::Debug for Store {

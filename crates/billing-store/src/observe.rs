@@ -99,7 +99,7 @@ impl Attempt {
     }
 
     /// Records how long the attempt took, and how it ended.
-    pub(crate) fn finish(self, result: Result<(), &StoreError>) {
+    pub(crate) fn finish(&self, result: Result<(), &StoreError>) {
         let result = match result {
             Ok(()) => "committed",
             Err(error) if error.is_retryable() => "lost_race",

@@ -8,13 +8,19 @@
 /// order.
 pub(crate) const LOCK: &str = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k";
 
-/// The fast path's check that every account is still at the version its
-/// cached copy was decided from (sent right after the locks): otherwise a
-/// serialization failure aborts the batch, which then runs the long way.
+/// The fast path's check that every account is still as its copy was
+/// decided from (sent right after the locks): at that version, with that
+/// event at its head. A version alone names a state only once committed; a
+/// copy decided from a batch still in flight is named by its head, which
+/// covers the events it wrote. Otherwise a serialization failure aborts the
+/// batch, which then runs the long way.
 pub(crate) const FENCE: &str = "
 SELECT billing_expect_rows('fenced accounts', cardinality($1::uuid[]), count(*))
-FROM unnest($1::uuid[], $2::bigint[]) AS w(id, version)
-JOIN accounts a ON a.account_id = w.id AND a.version = w.version";
+FROM unnest($1::uuid[], $2::bigint[], $3::bytea[]) AS w(id, version, head)
+JOIN accounts a ON a.account_id = w.id AND a.version = w.version
+WHERE w.head IS NULL
+   OR EXISTS (SELECT 1 FROM events e
+              WHERE e.account_id = w.id AND e.version = w.version AND e.hash = w.head)";
 
 /// Each account's stored version; its state and live holds only where the
 /// writer's cached copy ($2, -1 for none) is not at that version. A missing

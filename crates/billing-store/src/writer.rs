@@ -15,34 +15,43 @@
 //!
 //! The fast path takes one: when every account is cached and every named
 //! reservation is a live hold of it (or a new one), the batch is decided on
-//! the cached copies and sent as `BEGIN`, locks, a fence on the versions it
-//! was decided from, writes and `COMMIT`. Anything it assumed that is not so
-//! (a stale copy, a key or reservation id used before) aborts the
-//! transaction, and the batch runs again the long way.
+//! the cached copies and sent as `BEGIN`, locks, a fence on the version and
+//! chain head of each account it was decided from, writes and `COMMIT`.
+//! Anything it assumed that is not so (a stale copy, a key or reservation id
+//! used before) aborts the transaction, and the batch runs again the long
+//! way.
 //!
-//! Replies go out only after the commit. While one batch commits, the next
-//! fills. A batch that fails acknowledges none of its commands: it is retried
-//! when it lost a race, answered UNAVAILABLE when the database went away,
-//! and otherwise run again one command at a time, so that one bad command
-//! cannot spoil the others.
+//! Fast batches are pipelined: while one waits for its COMMIT, the next is
+//! decided on the accounts as that one leaves them and sent behind it on the
+//! same connection, so PostgreSQL starts it the moment the first commits,
+//! with no round trip between. Its fence names each account's chain head,
+//! which only the events of the batch ahead can produce: if that batch
+//! fails, so does this one wherever they share an account, and both run
+//! again the long way, in order.
+//!
+//! Replies go out only after the commit. A batch that fails acknowledges
+//! none of its commands: it is retried when it lost a race, answered
+//! UNAVAILABLE when the database went away, and otherwise run again one
+//! command at a time, so that one bad command cannot spoil the others.
+
+mod fast;
+mod long_way;
 
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use billing_domain::{Account, Hold, RateTable};
+use billing_domain::{Account, RateTable};
 use lru::LruCache;
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::types::Json;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use crate::batch::{self, Answer, Decided, Loaded, StoredKey, Work};
+use crate::batch::{Answer, Work, Writes};
 use crate::observe;
-use crate::outcome::outcome_from;
-use crate::pipeline::{Connection, Failed, Fence, Step, query, write};
-use crate::reservation::reservation_from_row;
+use crate::pipeline::{Connection, Failed};
+use crate::routes::Routes;
 use crate::{Clock, RequestMeta, StoreError};
+use fast::InFlight;
 
 /// The most commands one transaction carries.
 pub(crate) const MAX_BATCH: usize = 512;
@@ -50,8 +59,6 @@ pub(crate) const MAX_BATCH: usize = 512;
 const MAX_ATTEMPTS: u32 = 10;
 /// Accounts each writer keeps in memory.
 const CACHED_ACCOUNTS: usize = 16_384;
-/// Reservation ids whose account is remembered, for routing.
-const ROUTES: usize = 262_144;
 /// Commands that may wait for each writer before callers wait to enqueue.
 const QUEUE: usize = 4_096;
 
@@ -72,34 +79,6 @@ pub(crate) struct Shared {
     pub rates: Arc<RateTable>,
     pub clock: Clock,
     pub routes: Arc<Routes>,
-}
-
-/// Which account holds each reservation id. A reservation never moves, so
-/// an entry never goes stale; it only saves a lookup.
-#[derive(Debug)]
-pub(crate) struct Routes(Mutex<LruCache<String, Uuid>>);
-
-impl Default for Routes {
-    fn default() -> Self {
-        Self(Mutex::new(LruCache::new(nonzero(ROUTES))))
-    }
-}
-
-impl Routes {
-    pub(crate) fn get(&self, reservation_id: &str) -> Option<Uuid> {
-        self.lock().get(reservation_id).copied()
-    }
-
-    pub(crate) fn insert(&self, reservation_id: String, account_id: Uuid) {
-        self.lock().put(reservation_id, account_id);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<String, Uuid>> {
-        // A panic while holding the lock cannot leave the map inconsistent.
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
 }
 
 fn nonzero(n: usize) -> NonZeroUsize {
@@ -165,18 +144,71 @@ pub(crate) fn account_lock_key(account_id: Uuid) -> i64 {
 
 struct Writer {
     shared: Arc<Shared>,
-    connection: Option<Connection>,
-    /// Accounts (with their live holds) as this writer last committed them.
-    /// Every batch checks each one's version under the account's lock, so a
-    /// copy another replica has moved past is reloaded, never acted on.
+    connection: Option<Arc<Connection>>,
+    /// Accounts (with their live holds) as this writer's batches leave them:
+    /// committed, or sent and not yet answered (the batch in flight). Every
+    /// batch fences each one's version and chain head under the account's
+    /// lock, so a copy another replica has moved past, or one a failed batch
+    /// left, is never acted on.
     cache: LruCache<Uuid, Account>,
 }
 
+/// Sends `answers` to the commands of a finished batch.
+fn reply(jobs: Vec<Job>, answers: Vec<Result<Answer, StoreError>>) {
+    observe::record_batch(&jobs, &answers);
+    for (job, answer) in jobs.into_iter().zip(answers) {
+        // The caller may have gone away; its command stands.
+        let _ = job.reply.send(answer);
+    }
+}
+
+/// The accounts a batch's commands name, sorted, and their lock keys.
+fn accounts_of(jobs: &[Job]) -> (Vec<Uuid>, Vec<i64>) {
+    let mut ids: Vec<Uuid> = jobs.iter().filter_map(|j| j.work.account_id()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut lock_keys: Vec<i64> = ids.iter().map(|id| account_lock_key(*id)).collect();
+    lock_keys.sort_unstable();
+    lock_keys.dedup();
+    (ids, lock_keys)
+}
+
 impl Writer {
+    /// Drains the queue into batches. A batch that can take the fast path
+    /// is sent at once, even while the one before it waits for its COMMIT,
+    /// decided on the accounts as that one leaves them: PostgreSQL runs it
+    /// straight after that COMMIT, with no round trip between. At most two
+    /// batches are in flight; anything else waits for the one ahead.
     async fn run(mut self, mut queue: mpsc::Receiver<Job>) {
-        let mut jobs = Vec::new();
-        while let Some(first) = queue.recv().await {
-            jobs.push(first);
+        let mut in_flight: Option<InFlight> = None;
+        loop {
+            let first = match in_flight.as_mut() {
+                None => queue.recv().await,
+                Some(sent) => {
+                    let arrived = tokio::select! {
+                        biased;
+                        result = &mut sent.flight => Err(result),
+                        job = queue.recv() => Ok(job),
+                    };
+                    match arrived {
+                        Ok(job) => job,
+                        Err(result) => {
+                            if let Some(sent) = in_flight.take() {
+                                self.land(sent, result, None).await;
+                            }
+                            continue;
+                        }
+                    }
+                }
+            };
+            let Some(first) = first else {
+                // The store is gone: answer what is in flight, then stop.
+                if let Some(sent) = in_flight.take() {
+                    self.wait(sent, None).await;
+                }
+                return;
+            };
+            let mut jobs = vec![first];
             while jobs.len() < MAX_BATCH {
                 match queue.try_recv() {
                     Ok(job) => jobs.push(job),
@@ -184,66 +216,89 @@ impl Writer {
                 }
             }
             let span = observe::batch_span(&jobs);
-            let answers = self.process(&jobs).instrument(span).await;
-            observe::record_batch(&jobs, &answers);
-            for (job, answer) in jobs.drain(..).zip(answers) {
-                // The caller may have gone away; its command stands.
-                let _ = job.reply.send(answer);
+            if let Some(sent) = in_flight.take() {
+                match self.send_fast(jobs, span.clone()).await {
+                    Ok(next) => {
+                        in_flight = self.wait(sent, Some(next)).await;
+                        continue;
+                    }
+                    Err(unsent) => {
+                        jobs = unsent;
+                        self.wait(sent, None).await;
+                    }
+                }
+            }
+            match self.send_fast(jobs, span.clone()).await {
+                Ok(next) => in_flight = Some(next),
+                Err(jobs) => {
+                    // The long way reads the database: nothing is in flight.
+                    let answers = self.process(&jobs, None).instrument(span).await;
+                    reply(jobs, answers);
+                }
             }
         }
     }
 
-    /// Runs `jobs` as one batch, retrying lost races; an answer per job.
-    async fn process(&mut self, jobs: &[Job]) -> Vec<Result<Answer, StoreError>> {
-        let mut attempt = 0;
-        let mut reconnected = false;
-        loop {
-            attempt += 1;
-            let fresh = self.connection.is_none();
-            // Only a first try may take the fast path: a retry reads
-            // everything (the key, reservation or version that failed it).
-            let mut timer = observe::Attempt::start();
-            let result = self
-                .attempt(jobs, attempt == 1 && !reconnected, &mut timer)
-                .await;
-            timer.finish(result.as_ref().map(|_| ()).map_err(|f| &f.error));
-            let failed = match result {
-                Ok(answers) => return answers,
-                Err(failed) => failed,
-            };
-            self.forget(jobs);
-            let error = failed.error;
-            tracing::debug!(attempt, jobs = jobs.len(), %error, "command batch failed");
-            if matches!(error, StoreError::Unavailable(_)) {
-                self.connection = None;
-                // A connection that died while idle (a database restart) is
-                // replaced once, when nothing of the batch can have committed.
-                if !failed.commit_sent && !fresh && !reconnected {
-                    reconnected = true;
-                    continue;
+    /// Waits for `sent` to be answered and lands it (see `land`).
+    async fn wait(&mut self, mut sent: InFlight, next: Option<InFlight>) -> Option<InFlight> {
+        let result = (&mut sent.flight).await;
+        self.land(sent, result, next).await
+    }
+
+    /// Answers a batch whose COMMIT PostgreSQL has answered; returns the
+    /// batch sent behind it (`next`) if that one is still in flight.
+    ///
+    /// A batch that failed acknowledges none of its commands. `next` was
+    /// decided on what it would have left, so where they share an account
+    /// `next` fails its fence; `next` is waited for first (it holds the
+    /// connection), then the failed batch runs again the long way, and then
+    /// `next` too if it failed: per account, commands still apply in the
+    /// order they came.
+    async fn land(
+        &mut self,
+        sent: InFlight,
+        result: Result<Writes, Failed>,
+        next: Option<InFlight>,
+    ) -> Option<InFlight> {
+        let failed = match result {
+            Ok(writes) => {
+                self.committed(sent, &writes);
+                return next;
+            }
+            Err(failed) => failed,
+        };
+        sent.timer.finish(Err(&failed.error));
+        self.forget(&sent.jobs);
+        let mut behind = None;
+        if let Some(mut next) = next {
+            match (&mut next.flight).await {
+                Ok(writes) => self.committed(next, &writes),
+                Err(next_failed) => {
+                    next.timer.finish(Err(&next_failed.error));
+                    self.forget(&next.jobs);
+                    behind = Some((next, next_failed));
                 }
-                return jobs.iter().map(|_| Err(error.duplicate())).collect();
             }
-            self.rollback().await;
-            if error.is_retryable() && attempt < MAX_ATTEMPTS {
-                tokio::time::sleep(Duration::from_millis(u64::from(attempt * attempt))).await;
-                continue;
-            }
-            if jobs.len() > 1 {
-                // Each command alone, so the one at fault fails by itself.
-                let mut answers = Vec::with_capacity(jobs.len());
-                for job in jobs {
-                    answers.extend(Box::pin(self.process(std::slice::from_ref(job))).await);
-                }
-                return answers;
-            }
-            let error = if error.is_retryable() {
-                StoreError::Contention(attempt as usize)
-            } else {
-                error
-            };
-            return vec![Err(error)];
         }
+        for (batch, failed) in std::iter::once((sent, failed)).chain(behind) {
+            let answers = self
+                .process(&batch.jobs, Some(failed))
+                .instrument(batch.span)
+                .await;
+            reply(batch.jobs, answers);
+        }
+        None
+    }
+
+    /// Answers a batch that committed, and keeps where its new reservations
+    /// live (its accounts are in the cache since it was sent).
+    fn committed(&mut self, sent: InFlight, writes: &Writes) {
+        sent.timer.finish(Ok(()));
+        observe::record_events(&writes.events);
+        for (reservation_id, account_id) in sent.new_reservations {
+            self.shared.routes.insert(reservation_id, account_id);
+        }
+        reply(sent.jobs, sent.answers);
     }
 
     /// Drops the cached copies of the batch's accounts: after a failure, what
@@ -271,251 +326,8 @@ impl Writer {
             self.connection = None;
         }
         if self.connection.is_none() {
-            self.connection = Some(Connection::open(&self.shared.config).await?);
+            self.connection = Some(Arc::new(Connection::open(&self.shared.config).await?));
         }
         Ok(())
-    }
-
-    /// One try at the whole batch: an answer per job once it has committed.
-    async fn attempt(
-        &mut self,
-        jobs: &[Job],
-        may_be_fast: bool,
-        timer: &mut observe::Attempt,
-    ) -> Result<Vec<Result<Answer, StoreError>>, Failed> {
-        let now = crate::micros(&self.shared.clock);
-        let mut ids: Vec<Uuid> = jobs.iter().filter_map(|j| j.work.account_id()).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let mut lock_keys: Vec<i64> = ids.iter().map(|id| account_lock_key(*id)).collect();
-        lock_keys.sort_unstable();
-        lock_keys.dedup();
-        // -1 is no version: a cached copy is only trusted at the stored one.
-        let cached: Vec<i64> = ids
-            .iter()
-            .map(|id| self.cache.peek(id).map_or(-1, |a| a.version))
-            .collect();
-        let mut keys: Vec<&str> = jobs
-            .iter()
-            .filter_map(|j| j.meta.idempotency.as_ref().map(|i| i.key.as_str()))
-            .collect();
-        keys.sort_unstable();
-        keys.dedup();
-        // A reservation live in the cached account needs no row: the account
-        // carries its hold.
-        let mut reservation_ids: Vec<&str> = jobs
-            .iter()
-            .filter_map(|j| {
-                let id = j.work.reservation_id()?;
-                let live = j
-                    .work
-                    .account_id()
-                    .and_then(|a| self.cache.peek(&a))
-                    .is_some_and(|a| a.holds.contains_key(id));
-                (!live).then_some(id)
-            })
-            .collect();
-        reservation_ids.sort_unstable();
-        reservation_ids.dedup();
-
-        // The fast path: every account is cached, and every reservation a
-        // command names is a live hold of its cached account or a new one.
-        // Nothing needs reading then: the batch is decided on the cached
-        // copies and sent in one round trip (BEGIN, the locks, a fence on the
-        // versions decided from, the writes, COMMIT). A stale copy fails the
-        // fence, and a key or reservation id used before fails its insert;
-        // either aborts the transaction (its COMMIT rolls back), the batch's
-        // accounts leave the cache, and the batch runs again the long way.
-        let fast = may_be_fast
-            && ids.iter().all(|id| self.cache.contains(id))
-            && jobs.iter().all(|j| match j.work.reservation_id() {
-                None => true,
-                Some(_) if j.work.is_reserve() => true,
-                Some(id) => j
-                    .work
-                    .account_id()
-                    .and_then(|a| self.cache.peek(&a))
-                    .is_some_and(|a| a.holds.contains_key(id)),
-            });
-        if fast {
-            timer.took_fast_path();
-            return self.fast(jobs, now, &ids, &lock_keys, &cached).await;
-        }
-
-        self.connect().await?;
-        let Some(connection) = self.connection.as_ref() else {
-            return Err(StoreError::Unavailable("no connection".into()).into());
-        };
-        let client = &connection.client;
-        let s = &connection.statements;
-        let mut steps: Vec<Step<'_>> = vec![Box::pin(async {
-            client.batch_execute("BEGIN").await?;
-            Ok(Vec::new())
-        })];
-        if !lock_keys.is_empty() {
-            steps.push(query(client, &s.lock, vec![&lock_keys]));
-            steps.push(query(client, &s.load_accounts, vec![&ids, &cached]));
-        }
-        if !keys.is_empty() {
-            steps.push(query(client, &s.load_keys, vec![&keys]));
-        }
-        if !reservation_ids.is_empty() {
-            steps.push(query(client, &s.load_reservations, vec![&reservation_ids]));
-        }
-        let read = observe::read_span(steps.len());
-        let mut results = futures::future::join_all(steps)
-            .instrument(read)
-            .await
-            .into_iter();
-        let mut next = || results.next().unwrap_or_else(|| Ok(Vec::new()));
-        next()?;
-        let mut loaded = Loaded::default();
-        let mut account_rows = Vec::new();
-        if !lock_keys.is_empty() {
-            next()?;
-            account_rows = next()?;
-        }
-        if !keys.is_empty() {
-            for row in next()? {
-                let key: String = row.try_get(0)?;
-                let outcome = outcome_from(row.try_get(3)?, row.try_get(4)?, &key)?;
-                loaded.keys.insert(
-                    key,
-                    StoredKey {
-                        operation: row.try_get(1)?,
-                        request_hash: row.try_get(2)?,
-                        outcome,
-                    },
-                );
-            }
-        }
-        if !reservation_ids.is_empty() {
-            for row in next()? {
-                let (id, reservation) = reservation_from_row(&row)?;
-                loaded.reservations.insert(id, reservation);
-            }
-        }
-        for row in account_rows {
-            let id: Uuid = row.try_get(0)?;
-            let version: Option<i64> = row.try_get(1)?;
-            let state: Option<Json<Account>> = row.try_get(2)?;
-            let account = match (version, state) {
-                (None, _) => None,
-                (Some(_), Some(Json(mut account))) => {
-                    let Json(holds): Json<Vec<Hold>> = row.try_get(3)?;
-                    account.holds = holds
-                        .into_iter()
-                        .map(|h| (h.reservation_id.clone(), h))
-                        .collect();
-                    Some(account)
-                }
-                (Some(version), None) => match self.cache.pop(&id) {
-                    Some(account) if account.version == version => Some(account),
-                    _ => return Err(StoreError::Conflict.into()),
-                },
-            };
-            loaded.accounts.insert(id, account);
-        }
-        // A reservation the cached copy held live may have been resolved by
-        // another replica: its row is needed after all (rare).
-        let missing: Vec<&str> = jobs
-            .iter()
-            .filter_map(|j| {
-                let id = j.work.reservation_id()?;
-                let account = loaded.accounts.get(&j.work.account_id()?)?.as_ref()?;
-                (!account.holds.contains_key(id) && !reservation_ids.contains(&id)).then_some(id)
-            })
-            .collect();
-        if !missing.is_empty() {
-            let rows = query(
-                &connection.client,
-                &connection.statements.load_reservations,
-                vec![&missing],
-            )
-            .await?;
-            for row in rows {
-                let (id, reservation) = reservation_from_row(&row)?;
-                loaded.reservations.insert(id, reservation);
-            }
-        }
-
-        let decided = batch::decide(
-            jobs.iter().map(|j| (&j.work, &j.meta)),
-            loaded,
-            now,
-            &self.shared.rates,
-        );
-        write(connection, &decided.writes, None)
-            .instrument(observe::write_span(false, decided.writes.events.len()))
-            .await?;
-        Ok(self.finish(decided))
-    }
-
-    /// The fast path (see `attempt`): decided on the cached accounts, written
-    /// in one round trip behind the locks and a fence on their versions.
-    async fn fast(
-        &mut self,
-        jobs: &[Job],
-        now: chrono::DateTime<chrono::Utc>,
-        ids: &[Uuid],
-        lock_keys: &[i64],
-        versions: &[i64],
-    ) -> Result<Vec<Result<Answer, StoreError>>, Failed> {
-        self.connect().await?;
-        let mut loaded = Loaded::default();
-        for id in ids {
-            loaded.accounts.insert(*id, self.cache.pop(id));
-        }
-        let decided = batch::decide(
-            jobs.iter().map(|j| (&j.work, &j.meta)),
-            loaded,
-            now,
-            &self.shared.rates,
-        );
-        let Some(connection) = self.connection.as_ref() else {
-            return Err(StoreError::Unavailable("no connection".into()).into());
-        };
-        let fence = Fence {
-            lock_keys,
-            ids,
-            versions,
-        };
-        write(connection, &decided.writes, Some(&fence))
-            .instrument(observe::write_span(true, decided.writes.events.len()))
-            .await?;
-        Ok(self.finish(decided))
-    }
-
-    /// Keeps what a committed batch leaves: its accounts, and where its new
-    /// reservations live.
-    fn finish(&mut self, decided: Decided) -> Vec<Result<Answer, StoreError>> {
-        observe::record_events(&decided.writes.events);
-        let Decided {
-            answers,
-            accounts,
-            new_reservations,
-            ..
-        } = decided;
-        for (id, account) in accounts {
-            self.cache.put(id, account);
-        }
-        for (reservation_id, account_id) in new_reservations {
-            self.shared.routes.insert(reservation_id, account_id);
-        }
-        answers
-    }
-}
-
-impl StoreError {
-    /// The same failure, for each command of a batch that shares it.
-    fn duplicate(&self) -> Self {
-        match self {
-            Self::Unavailable(s) => Self::Unavailable(s.clone()),
-            Self::Corrupt(s) => Self::Corrupt(s.clone()),
-            Self::Config(s) => Self::Config(s.clone()),
-            Self::Contention(n) => Self::Contention(*n),
-            Self::Conflict => Self::Conflict,
-            Self::Database(e) => Self::Corrupt(e.to_string()),
-        }
     }
 }

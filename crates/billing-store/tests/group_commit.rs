@@ -399,3 +399,66 @@ async fn what_the_fast_path_takes_for_new_is_checked_by_the_database() {
     assert!(account.holds.is_empty());
     assert_eq!(account.balance_credit, Micros(100_000 - 10_000 - 10_000));
 }
+
+#[tokio::test]
+async fn a_batch_sent_behind_one_that_fails_never_commits_what_that_one_would_have_left() {
+    // A fast batch is sent while the one before it waits for its COMMIT,
+    // decided on the account as that one leaves it. Here the one before is
+    // decided on a stale copy and fails; the one behind it is decided on a
+    // copy at the very version another replica has stored since (one event
+    // each), but not on its state. Fenced by version alone it would commit,
+    // overwriting the other replica's top-up.
+    let db = TestDb::new().await;
+    let a = one_writer(&db);
+    let b = one_writer(&db);
+    let id = account_with(&a, 0).await;
+    let (high, low) = id.as_u64_pair();
+    let lock_key = i64::from_ne_bytes((high ^ low).to_ne_bytes());
+    let blocker = db.client().await;
+    let settle = || tokio::time::sleep(std::time::Duration::from_millis(100));
+    let mut expected = 0;
+    for round in 0..3 {
+        b.execute(id, &meta(None, b""), &add(10_000))
+            .await
+            .unwrap()
+            .unwrap();
+        // `a` still holds the copy it last committed: stale by one event.
+        // Holding the account's lock keeps `a`'s first batch waiting in
+        // PostgreSQL while the second is sent behind it.
+        blocker
+            .execute("SELECT pg_advisory_lock($1)", &[&lock_key])
+            .await
+            .unwrap();
+        let first = {
+            let a = a.clone();
+            tokio::spawn(async move { a.execute(id, &meta(None, b""), &add(1)).await })
+        };
+        settle().await;
+        let second = {
+            let a = a.clone();
+            tokio::spawn(async move { a.execute(id, &meta(None, b""), &add(5)).await })
+        };
+        settle().await;
+        blocker
+            .execute("SELECT pg_advisory_unlock($1)", &[&lock_key])
+            .await
+            .unwrap();
+        let first = first.await.unwrap().unwrap().unwrap();
+        let second = second.await.unwrap().unwrap().unwrap();
+        expected += 10_000 + 1 + 5;
+        let (Outcome::Account(first), Outcome::Account(second)) = (first, second) else {
+            panic!("top-ups answer with the account");
+        };
+        // Applied in the order they came, each answer showing what it left.
+        assert_eq!(
+            (first.balance_credit.get(), second.balance_credit.get()),
+            (expected - 5, expected),
+            "round {round}"
+        );
+        let account = b.account(id).await.unwrap().unwrap();
+        assert_eq!(account.balance_credit, Micros(expected), "round {round}");
+    }
+    let events = a.account_events(id).await.unwrap();
+    let versions: Vec<i64> = events.iter().map(|e| e.version).collect();
+    assert_eq!(versions, (1..=versions.len() as i64).collect::<Vec<_>>());
+}

@@ -37,7 +37,7 @@ enum Cmd {
     },
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Run(args) => run::run(args).await,

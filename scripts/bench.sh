@@ -12,6 +12,8 @@
 # BENCH_SECONDS (10), BENCH_WARMUP (2), BENCH_CONCURRENCY ("1 4 16 64 256"),
 # BENCH_ACCOUNTS (100, for the uniform distribution), BENCH_MANY_ACCOUNTS
 # (10000, one extra uniform row at BENCH_MANY_CONCURRENCY, 64) tune it.
+# BENCH_BIN runs the `billing` and `billing-load` in that directory instead
+# of building them (to run an earlier build side by side).
 set -euo pipefail
 # The optimized broker (built once, 14 minutes on 2 cores): its CPU per
 # change is one of the columns.
@@ -48,9 +50,13 @@ free_port() {
   "$root/scripts/free-port.sh" "$1"
 }
 
-echo "building (release)..."
-cargo build --release --bin billing --bin billing-load
-bin="$target/release"
+if [ -n "${BENCH_BIN:-}" ]; then
+  bin=$BENCH_BIN
+else
+  echo "building (release)..."
+  cargo build --release --bin billing --bin billing-load
+  bin="$target/release"
+fi
 
 # One PostgreSQL for both, durable (fsync on), with pg_stat_statements.
 pg_port=$(free_port 55532)

@@ -49,6 +49,9 @@ d = json.load(open(sys.argv[1]))
 print("CPU per change: api %.0f us, PostgreSQL %.0f us; load generator %.0f%% of a core"
       % (d["processes"]["api"]["us_per_change"], d["postgres_cpu_us_per_change"],
          d["loadgen_cpu_pct_of_core"]))
+r = d["rpcs"]["Reserve"]
+print("Reserve p50/p99/p99.9: %.1f / %.1f / %.1f ms"
+      % (r["p50_us"] / 1000, r["p99_us"] / 1000, r["p999_us"] / 1000))
 PY
 psql "$db" -qAtc "SELECT 'WAL bytes per event: ' || round(wal_bytes::numeric / $events) FROM pg_stat_wal"
 psql "$db" -qAtc "SELECT 'events per batch: ' || round($events::numeric / greatest(sum(calls), 1), 1)

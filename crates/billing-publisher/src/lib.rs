@@ -118,6 +118,9 @@ fn producer(config: &PublisherConfig) -> Result<FutureProducer, KafkaError> {
         .set("acks", "all")
         .set("message.timeout.ms", config.message_timeout_ms.to_string())
         .set("linger.ms", "5")
+        // linger.ms already batches; Nagle would only hold a batch back
+        // behind the broker's acknowledgement of the one before.
+        .set("socket.nagle.disable", "true")
         // After a broker outage, reconnect within a second of its return
         // (librdkafka's default backoff grows to 10 s).
         .set("reconnect.backoff.ms", RECONNECT_BACKOFF_MS)

@@ -248,7 +248,12 @@ impl Store {
         // The events after a checkpoint are a range of the feed index; without
         // statistics the planner guesses a third of the table and reads all of
         // it (3.6 ms a call at 100,000 events, while measuring a benchmark).
-        tx.batch_execute("SET LOCAL enable_seqscan = off").await?;
+        // Nor is a short range worth parallel workers: each is a process
+        // started for the call, which showed up as the ExecuteGather wait.
+        tx.batch_execute(
+            "SET LOCAL enable_seqscan = off; SET LOCAL max_parallel_workers_per_gather = 0",
+        )
+        .await?;
         let row = tx
             .query_one(
                 "SELECT count(*), extract(epoch FROM (now() - min(e.occurred_at)))::float8

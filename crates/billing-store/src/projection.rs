@@ -572,7 +572,7 @@ async fn write_accounts<'a>(
         ids.push(a.id);
         customers.push(a.customer_id);
         versions.push(a.version);
-        states.push(serde_json::to_value(a)?);
+        states.push(crate::document::Document::of(a)?);
         let b = &p.balances;
         for (column, value) in columns.iter_mut().zip([
             b.balance_credit.get(),

@@ -20,9 +20,9 @@ use std::sync::{Arc, Mutex, Once, Weak};
 use std::time::Duration;
 
 use billing_proto::v1 as pb;
-use billing_store::{Store, VersionedView};
+use billing_store::{FeedWakeup, Store, VersionedView};
 use futures::Stream;
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{broadcast, watch};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -162,9 +162,7 @@ async fn follow(hub: Weak<Hub>) {
     let Some(store) = hub.upgrade().map(|h| h.store.clone()) else {
         return;
     };
-    let wakeup = Arc::new(Notify::new());
-    let listener = tokio::spawn(listen(store.clone(), wakeup.clone()));
-    let _stop_listener = AbortOnDrop(listener);
+    let wakeup = FeedWakeup::start(&store, "watch");
     let mut cursor = loop {
         match store.feed_head().await {
             Ok(cursor) => break cursor,
@@ -225,20 +223,7 @@ async fn follow(hub: Weak<Hub>) {
         } else {
             POLL
         };
-        woken = tokio::select! {
-            () = wakeup.notified() => true,
-            () = tokio::time::sleep(wait) => rechecks_left > 0,
-        };
-    }
-}
-
-/// Keeps a LISTEN connection open, reconnecting after failures.
-async fn listen(store: Store, wakeup: Arc<Notify>) {
-    loop {
-        if let Err(error) = store.listen_for_events(wakeup.clone()).await {
-            tracing::debug!(%error, "watch: LISTEN connection lost; reconnecting");
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        woken = wakeup.wait(wait).await || rechecks_left > 0;
     }
 }
 
@@ -249,15 +234,6 @@ async fn stopped(stop: &mut Option<watch::Receiver<bool>>) {
             let _ = stop.wait_for(|stopped| *stopped).await;
         }
         None => std::future::pending().await,
-    }
-}
-
-/// Aborts a task when dropped (the follower's LISTEN task goes with it).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

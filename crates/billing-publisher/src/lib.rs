@@ -17,10 +17,9 @@ pub mod message;
 pub mod probe;
 pub mod tail;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use billing_store::{Lease, Store, StoredEvent};
+use billing_store::{FeedWakeup, Lease, Store, StoredEvent};
 use futures::future::try_join_all;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -28,7 +27,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -130,8 +129,7 @@ fn producer(config: &PublisherConfig) -> Result<FutureProducer, KafkaError> {
 
 /// Runs the publisher until `shutdown` turns true.
 pub async fn run(store: Store, config: PublisherConfig, mut shutdown: watch::Receiver<bool>) {
-    let wakeup = Arc::new(Notify::new());
-    let listener = tokio::spawn(listen(store.clone(), wakeup.clone()));
+    let wakeup = FeedWakeup::start(&store, "publisher");
     while !*shutdown.borrow() {
         let lease = match store.acquire_lease(CHECKPOINT).await {
             Ok(Some(lease)) => lease,
@@ -165,7 +163,6 @@ pub async fn run(store: Store, config: PublisherConfig, mut shutdown: watch::Rec
         metrics::gauge!("billing_publisher_active").set(0.0);
         tracing::info!("publisher: lease ended");
     }
-    listener.abort();
     tracing::info!("publisher stopped");
 }
 
@@ -181,7 +178,7 @@ async fn publish_while_leased(
     store: &Store,
     config: &PublisherConfig,
     lease: &Lease,
-    wakeup: &Notify,
+    wakeup: &FeedWakeup,
     shutdown: &mut watch::Receiver<bool>,
 ) {
     let mut producer: Option<FutureProducer> = None;
@@ -206,11 +203,10 @@ async fn publish_while_leased(
         let Some(last) = batch.last().map(|(e, _)| e.cursor) else {
             tokio::select! {
                 _ = shutdown.changed() => {}
-                () = wakeup.notified() => {
-                // Let a burst of commits land, so they share one batch.
-                tokio::time::sleep(COALESCE).await;
-            }
-                () = tokio::time::sleep(POLL) => {}
+                _ = wakeup.wait(POLL) => {
+                    // Let a burst of commits land, so they share one batch.
+                    tokio::time::sleep(COALESCE).await;
+                }
             }
             continue;
         };
@@ -243,6 +239,12 @@ async fn publish_while_leased(
                 metrics::counter!("billing_publisher_messages_total").increment(messages as u64);
                 retrying = false;
                 producer = Some(active);
+                if (batch.len() as i64) < config.batch {
+                    // More are likely on their way: look again after the
+                    // wait, without being woken for each commit meanwhile.
+                    wakeup.quiet();
+                    wait(shutdown, COALESCE).await;
+                }
             }
             Err(error) => {
                 // Recreate the producer and republish from the cursor:
@@ -311,14 +313,4 @@ async fn publish(
         result.map_err(|(error, _)| error)?;
     }
     Ok(count)
-}
-
-/// Keeps a LISTEN connection open, reconnecting after failures.
-async fn listen(store: Store, wakeup: Arc<Notify>) {
-    loop {
-        if let Err(error) = store.listen_for_events(wakeup.clone()).await {
-            tracing::debug!(%error, "publisher: LISTEN connection lost; reconnecting");
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
 }

@@ -1,12 +1,12 @@
 //! The projector role: follows the event feed into the read models. Wakes on
-//! NOTIFY and polls as a fallback; several replicas may run (the checkpoint
+//! NOTIFY when caught up (and polls as a fallback), reads again after a
+//! short wait while events keep coming; several replicas may run (the checkpoint
 //! lock lets one batch through at a time). Logs its lag periodically.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use billing_store::{READ_MODELS, Store, StoredEvent};
-use tokio::sync::{Notify, watch};
+use billing_store::{FeedWakeup, READ_MODELS, Store, StoredEvent};
+use tokio::sync::watch;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// Events per batch (one transaction).
@@ -24,11 +24,10 @@ const POLL: Duration = Duration::from_millis(500);
 const LAG_REPORT: Duration = Duration::from_secs(10);
 
 pub async fn run(store: Store, mut shutdown: watch::Receiver<bool>) {
-    let wakeup = Arc::new(Notify::new());
-    let listener = tokio::spawn(listen(store.clone(), wakeup.clone()));
+    let wakeup = FeedWakeup::start(&store, "projector");
     let mut lag_report = tokio::time::interval(LAG_REPORT);
     loop {
-        let more = match store
+        let found = match store
             .project_batch_traced(READ_MODELS, BATCH, apply_span)
             .await
         {
@@ -45,7 +44,11 @@ pub async fn run(store: Store, mut shutdown: watch::Receiver<bool>) {
                 if let Some(gap) = &report.gap {
                     tracing::error!(?gap, "projector: waiting for an event's predecessor");
                 }
-                report.gap.is_none() && (report.applied + report.skipped) as i64 == BATCH
+                let read = report.applied + report.skipped;
+                if report.gap.is_none() && read as i64 == BATCH {
+                    continue;
+                }
+                report.gap.is_none() && read > 0
             }
             // Another replica is projecting this batch.
             Ok(None) => false,
@@ -54,20 +57,21 @@ pub async fn run(store: Store, mut shutdown: watch::Receiver<bool>) {
                 false
             }
         };
-        if more {
-            continue;
+        if found {
+            // More are likely on their way: look again after the wait,
+            // without being woken for each commit meanwhile.
+            wakeup.quiet();
         }
         tokio::select! {
             _ = shutdown.changed() => break,
-            () = wakeup.notified() => {
+            () = tokio::time::sleep(COALESCE), if found => {}
+            _ = wakeup.wait(POLL), if !found => {
                 // Let a burst of commits land, so they share one batch.
                 tokio::time::sleep(COALESCE).await;
             }
-            () = tokio::time::sleep(POLL) => {}
             _ = lag_report.tick() => report_lag(&store).await,
         }
     }
-    listener.abort();
     tracing::info!("projector stopped");
 }
 
@@ -85,16 +89,6 @@ fn apply_span(events: &[StoredEvent]) -> tracing::Span {
         }
     }
     span
-}
-
-/// Keeps a LISTEN connection open, reconnecting after failures.
-async fn listen(store: Store, wakeup: Arc<Notify>) {
-    loop {
-        if let Err(error) = store.listen_for_events(wakeup.clone()).await {
-            tracing::debug!(%error, "projector: LISTEN connection lost; reconnecting");
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
 }
 
 async fn report_lag(store: &Store) {

@@ -20,6 +20,8 @@
 //! - [`chain`]: each event's hash links it to the account's previous one;
 //!   [`Store::verify_chains`] walks every chain and names the first broken
 //!   link, [`Store::record_chain_digest`] pins every head at an instant.
+//! - [`FeedWakeup`] wakes a feed reader when events are appended, and
+//!   keeps quiet while it is busy.
 //! - [`migrate`] applies the embedded migrations.
 
 #![forbid(unsafe_code)]
@@ -41,6 +43,7 @@ mod reservation;
 mod routes;
 mod sql;
 mod verify;
+mod wakeup;
 mod watch;
 mod writer;
 
@@ -60,6 +63,7 @@ pub use projection::{
     BatchReport, Gap, Lag, LedgerEntry, LedgerQuery, READ_MODELS, RebuildProgress,
 };
 pub use verify::{ChainDigest, Verification};
+pub use wakeup::FeedWakeup;
 pub use watch::{VersionedView, ViewPage};
 
 /// Who made a change: recorded on every event.
@@ -224,36 +228,6 @@ impl Store {
     pub async fn migrate(&self) -> Result<usize, StoreError> {
         let mut client = self.pool.get().await?;
         migrate(&mut client).await
-    }
-
-    /// Wakes `wakeup` whenever events are appended (PostgreSQL NOTIFY), on a
-    /// connection of its own, until that connection fails. Readers poll as
-    /// well: a lost notification only delays them.
-    pub async fn listen_for_events(
-        &self,
-        wakeup: Arc<tokio::sync::Notify>,
-    ) -> Result<(), StoreError> {
-        use futures::StreamExt;
-        let (client, mut connection) = self.config.connect(NoTls).await?;
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        let listen = client.batch_execute("LISTEN billing_events");
-        tokio::pin!(listen);
-        let mut listening = false;
-        loop {
-            tokio::select! {
-                result = &mut listen, if !listening => {
-                    result?;
-                    listening = true;
-                    wakeup.notify_one();
-                }
-                message = messages.next() => match message {
-                    Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => wakeup.notify_one(),
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(e.into()),
-                    None => return Err(StoreError::Unavailable("the LISTEN connection closed".into())),
-                },
-            }
-        }
     }
 
     /// Checks that the database answers.

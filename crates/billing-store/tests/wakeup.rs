@@ -1,0 +1,121 @@
+//! Feed readers' wake-ups (`FeedWakeup`), against a real PostgreSQL.
+
+mod support;
+
+use std::time::Duration;
+
+use billing_domain::{PlanType, RateTable};
+use billing_store::{Actor, FeedWakeup, RequestMeta, Store};
+use billing_testkit::TestDb;
+use support::new_account;
+use uuid::Uuid;
+
+/// A poll interval no test waits out: a wait that returns `true` before it
+/// was woken by PostgreSQL or by taking up its `LISTEN`.
+const NEVER: Duration = Duration::from_secs(600);
+/// How long a wake-up may take on a busy machine.
+const SOON: Duration = Duration::from_secs(10);
+
+async fn append_an_event(store: &Store) {
+    let meta = RequestMeta {
+        actor: Actor {
+            principal: "tester".into(),
+            role: "project_super_admin".into(),
+        },
+        idempotency: None,
+        trace_id: None,
+        span_id: None,
+    };
+    store
+        .create_account(Uuid::new_v4(), &meta, &new_account(PlanType::Free))
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// The last statement of this database's listening connection.
+async fn listener_statement(db: &TestDb) -> Option<String> {
+    let client = db.client().await;
+    client
+        .query_opt(
+            "SELECT query FROM pg_stat_activity
+             WHERE datname = current_database() AND query LIKE '%LISTEN billing_events'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .map(|row| row.get(0))
+}
+
+async fn until_listener_ran(db: &TestDb, statement: &str) {
+    let deadline = tokio::time::Instant::now() + SOON;
+    while listener_statement(db).await.as_deref() != Some(statement) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the listener never ran `{statement}`: {:?}",
+            listener_statement(db).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_waiting_reader_is_woken_by_each_commit() {
+    let db = TestDb::new().await;
+    let store = Store::connect(&db.url, 4, RateTable::default()).unwrap();
+    let wakeup = FeedWakeup::start(&store, "test");
+    // Taking up the LISTEN wakes the reader once, to look.
+    assert!(tokio::time::timeout(SOON, wakeup.wait(NEVER)).await.unwrap());
+    for _ in 0..3 {
+        append_an_event(&store).await;
+        assert!(
+            tokio::time::timeout(SOON, wakeup.wait(NEVER))
+                .await
+                .expect("a commit wakes a waiting reader")
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_busy_reader_stops_listening_and_looks_again_at_once_when_it_waits() {
+    let db = TestDb::new().await;
+    let store = Store::connect(&db.url, 4, RateTable::default()).unwrap();
+    let wakeup = FeedWakeup::start(&store, "test");
+    assert!(tokio::time::timeout(SOON, wakeup.wait(NEVER)).await.unwrap());
+    until_listener_ran(&db, "LISTEN billing_events").await;
+
+    // Busy: no notification reaches the reader's connection (PostgreSQL
+    // signals listening backends only).
+    wakeup.quiet();
+    until_listener_ran(&db, "UNLISTEN billing_events").await;
+    append_an_event(&store).await;
+
+    // Caught up: it listens again and looks at once, so the event committed
+    // while nobody listened is not left for the next poll.
+    assert!(
+        tokio::time::timeout(SOON, wakeup.wait(NEVER))
+            .await
+            .expect("taking up the LISTEN again wakes the reader")
+    );
+    until_listener_ran(&db, "LISTEN billing_events").await;
+    append_an_event(&store).await;
+    assert!(tokio::time::timeout(SOON, wakeup.wait(NEVER)).await.unwrap());
+}
+
+#[tokio::test]
+async fn the_listening_connection_closes_with_its_reader() {
+    let db = TestDb::new().await;
+    let store = Store::connect(&db.url, 4, RateTable::default()).unwrap();
+    let wakeup = FeedWakeup::start(&store, "test");
+    assert!(tokio::time::timeout(SOON, wakeup.wait(NEVER)).await.unwrap());
+    until_listener_ran(&db, "LISTEN billing_events").await;
+    drop(wakeup);
+    let deadline = tokio::time::Instant::now() + SOON;
+    while listener_statement(&db).await.is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the listening connection outlived its reader"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -2,7 +2,7 @@
 # PostgreSQL's CPU by backend over a window, for telling the command
 # writer's backend from the read side's: run it beside a load (make bench, a
 # billing-load run) and it prints each backend's CPU in ms, with what it last
-# ran, busiest first.
+# ran, busiest first, and how much of it was spent in the kernel.
 #
 #   scripts/pg-cpu.sh postgres://postgres@127.0.0.1:55532/billing 10
 set -euo pipefail
@@ -18,7 +18,7 @@ snapshot() {
       # name, field 2, holds no spaces for a PostgreSQL backend).
       [ -r "/proc/$pid/stat" ] || continue
       read -r -a stat < "/proc/$pid/stat"
-      printf '%s\t%s\t%s\t%s\n' "$pid" "$((stat[13] + stat[14]))" "$name" "$query"
+      printf '%s\t%s\t%s\t%s\t%s\n' "$pid" "${stat[13]}" "${stat[14]}" "$name" "$query"
     done
 }
 before=$(snapshot)
@@ -31,17 +31,19 @@ def load(path):
     rows = {}
     for line in open(path):
         parts = line.rstrip("\n").split("\t")
-        if len(parts) == 4:
-            rows[parts[0]] = (int(parts[1]), parts[2], parts[3])
+        if len(parts) == 5:
+            rows[parts[0]] = (int(parts[1]), int(parts[2]), parts[3], parts[4])
     return rows
 before, after = load(sys.argv[3]), load(sys.argv[4])
 rows = []
-for pid, (ticks, name, query) in after.items():
+for pid, (user, system, name, query) in after.items():
     if pid in before:
-        rows.append(((ticks - before[pid][0]) * 1000 / tick, pid, name, query))
+        user = (user - before[pid][0]) * 1000 / tick
+        system = (system - before[pid][1]) * 1000 / tick
+        rows.append((user + system, system, pid, name, query))
 total = sum(r[0] for r in rows)
-print(f"PostgreSQL backends over {seconds:.0f} s: {total:.0f} ms CPU in all")
-for ms, pid, name, query in sorted(rows, reverse=True):
+print(f"PostgreSQL backends over {seconds:.0f} s: {total:.0f} ms CPU in all (ms, of it in the kernel)")
+for ms, system, pid, name, query in sorted(rows, reverse=True):
     if ms > 0:
-        print(f"{ms:8.0f} ms  {ms / seconds / 10:5.1f}% core  {pid:>7}  {name[:20]:20}  {query}")
+        print(f"{ms:8.0f} ms {system:6.0f} {ms / seconds / 10:5.1f}% core  {pid:>7}  {name[:20]:20}  {query}")
 PY

@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0009_promotional_credit",
         include_str!("../../../migrations/0009_promotional_credit.sql"),
     ),
+    (
+        10,
+        "0010_write_batch",
+        include_str!("../../../migrations/0010_write_batch.sql"),
+    ),
 ];
 
 /// Serializes concurrent migrators (several replicas starting at once).

@@ -62,12 +62,14 @@ pub(crate) fn query<'a>(
     })
 }
 
-/// The batch's writes and its COMMIT, pipelined. Every write either does
-/// exactly what it says or fails (counts are asserted in SQL), and a failed
-/// statement aborts the transaction, so the pipelined COMMIT then rolls back.
+/// The batch's writes, one call of `billing_write_batch`, and its commit.
+/// Every write either does exactly what it says or fails (counts are
+/// asserted in SQL), and a failure aborts the transaction.
 ///
-/// With a `fence` (the fast path), BEGIN, the locks and the fence go first,
-/// in the same pipeline.
+/// With a `fence` (the fast path), the locks and the fence go first in the
+/// same call, which is a transaction of its own. Without one (the long way)
+/// the call runs in the transaction that took the locks and read the rows,
+/// and its COMMIT goes in the same pipeline.
 pub(crate) async fn write(
     connection: &Connection,
     writes: &Writes,
@@ -175,121 +177,97 @@ pub(crate) async fn write(
         .collect::<Result<_, _>>()?;
     let key_times: Vec<_> = k.iter().map(|r| r.created_at).collect();
 
-    let mut steps: Vec<Step<'_>> = Vec::new();
-    if let Some(fence) = fence {
-        steps.push(Box::pin(async {
-            client.batch_execute("BEGIN").await?;
-            Ok(Vec::new())
-        }));
-        if !fence.lock_keys.is_empty() {
-            steps.push(query(client, &s.lock, vec![&fence.lock_keys]));
-            steps.push(query(
-                client,
-                &s.fence,
-                vec![&fence.ids, &fence.versions, &fence.heads],
-            ));
+    let no_keys: &[i64] = &[];
+    let no_ids: &[Uuid] = &[];
+    let no_versions: &[i64] = &[];
+    let no_heads: &[Option<Vec<u8>>] = &[];
+    let (lock_keys, fence_ids, fence_versions, fence_heads) = match fence {
+        Some(f) => (f.lock_keys, f.ids, f.versions, f.heads),
+        None => (no_keys, no_ids, no_versions, no_heads),
+    };
+    let mut params: Vec<Param<'_>> = vec![
+        &lock_keys,
+        &fence_ids,
+        &fence_versions,
+        &fence_heads,
+        &created_ids,
+        &created_customers,
+        &created_versions,
+        &created_states,
+        &created_due,
+        &created_at,
+        &updated_ids,
+        &updated_states,
+        &updated_versions,
+        &updated_due,
+        &updated_at,
+        &expected,
+        &billing_domain::EVENT_SCHEMA_VERSION,
+        &event_ids,
+        &event_accounts,
+        &event_versions,
+        &event_types,
+        &event_times,
+        &principals,
+        &roles,
+        &event_keys,
+        &traces,
+        &payloads,
+        &balance_credit,
+        &balance_token,
+        &reserved_credit,
+        &reserved_token,
+        &available_credit,
+        &available_token,
+        &accounts_after,
+        &event_hashes,
+        &spans,
+    ];
+    params.extend(new_reservations.params());
+    params.extend(changed_reservations.params());
+    params.extend::<[Param<'_>; 6]>([
+        &keys,
+        &operations,
+        &hashes,
+        &key_accounts,
+        &outcomes,
+        &key_times,
+    ]);
+    let writes = query(client, &s.write_batch, params);
+    let result = match fence {
+        // The fast path: the call alone is the transaction (an implicit
+        // one, committed as PostgreSQL answers it).
+        Some(_) => writes.await.map(drop),
+        // The long way: its transaction holds the locks already; the
+        // COMMIT goes in the same pipeline.
+        None => {
+            let commit = Box::pin(async {
+                client.batch_execute("COMMIT").await?;
+                Ok(Vec::new())
+            });
+            let [written, committed]: [Result<Vec<Row>, tokio_postgres::Error>; 2] =
+                futures::future::join_all([writes, commit])
+                    .await
+                    .try_into()
+                    .unwrap_or_else(|_| unreachable!("two steps, two results"));
+            if let Err(error) = written {
+                // The call failed, so the transaction aborted and its COMMIT
+                // rolled back. A lost connection says nothing of the COMMIT,
+                // sent in the same pipeline: it may have run.
+                let error: StoreError = error.into();
+                let commit_sent = matches!(error, StoreError::Unavailable(_));
+                return Err(Failed { error, commit_sent });
+            }
+            committed.map(drop)
         }
-    }
-    if !created.is_empty() {
-        steps.push(query(
-            client,
-            &s.insert_accounts,
-            vec![
-                &created_ids,
-                &created_customers,
-                &created_versions,
-                &created_states,
-                &created_due,
-                &created_at,
-            ],
-        ));
-    }
-    if !updated.is_empty() {
-        steps.push(query(
-            client,
-            &s.update_accounts,
-            vec![
-                &updated_ids,
-                &updated_states,
-                &updated_versions,
-                &updated_due,
-                &updated_at,
-                &expected,
-            ],
-        ));
-    }
-    if !e.is_empty() {
-        steps.push(query(
-            client,
-            &s.insert_events,
-            vec![
-                &billing_domain::EVENT_SCHEMA_VERSION,
-                &event_ids,
-                &event_accounts,
-                &event_versions,
-                &event_types,
-                &event_times,
-                &principals,
-                &roles,
-                &event_keys,
-                &traces,
-                &payloads,
-                &balance_credit,
-                &balance_token,
-                &reserved_credit,
-                &reserved_token,
-                &available_credit,
-                &available_token,
-                &accounts_after,
-                &event_hashes,
-                &spans,
-            ],
-        ));
-    }
-    for (columns, statement) in [
-        (&new_reservations, &s.insert_reservations),
-        (&changed_reservations, &s.update_reservations),
-    ] {
-        if !columns.ids.is_empty() {
-            steps.push(query(client, statement, columns.params()));
-        }
-    }
-    if !k.is_empty() {
-        steps.push(query(
-            client,
-            &s.insert_keys,
-            vec![
-                &keys,
-                &operations,
-                &hashes,
-                &key_accounts,
-                &outcomes,
-                &key_times,
-            ],
-        ));
-    }
-    let writes_sent = steps.len();
-    steps.push(Box::pin(async {
-        client.batch_execute("COMMIT").await?;
-        Ok(Vec::new())
-    }));
-    let mut results = futures::future::join_all(steps).await;
-    let commit = results.pop().unwrap_or_else(|| Ok(Vec::new()));
-    debug_assert_eq!(results.len(), writes_sent);
-    // A failed write aborted the transaction: the COMMIT rolled it back.
-    if let Some(error) = results.into_iter().find_map(Result::err) {
+    };
+    // On the fast path the call is its own COMMIT: a failure may have
+    // come after it only if the connection was lost.
+    result.map_err(|error| {
         let error: StoreError = error.into();
-        // A statement that failed aborted the transaction, and its COMMIT
-        // rolled back. A lost connection says nothing of the COMMIT, sent in
-        // the same pipeline: it may have run, so the batch is not retried.
-        let commit_sent = matches!(error, StoreError::Unavailable(_));
-        return Err(Failed { error, commit_sent });
-    }
-    commit.map_err(|error| Failed {
-        error: error.into(),
-        commit_sent: true,
-    })?;
-    Ok(())
+        let commit_sent = fence.is_none() || matches!(error, StoreError::Unavailable(_));
+        Failed { error, commit_sent }
+    })
 }
 
 struct ReservationColumns<'a> {
@@ -327,16 +305,10 @@ pub(crate) struct Connection {
 
 pub(crate) struct Statements {
     pub(crate) lock: Statement,
-    pub(crate) fence: Statement,
     pub(crate) load_accounts: Statement,
     pub(crate) load_keys: Statement,
     pub(crate) load_reservations: Statement,
-    pub(crate) insert_accounts: Statement,
-    pub(crate) update_accounts: Statement,
-    pub(crate) insert_events: Statement,
-    pub(crate) insert_reservations: Statement,
-    pub(crate) update_reservations: Statement,
-    pub(crate) insert_keys: Statement,
+    pub(crate) write_batch: Statement,
 }
 
 impl Connection {
@@ -370,16 +342,10 @@ impl Connection {
         // Once per connection: one round trip each is no matter.
         let statements = Statements {
             lock: client.prepare(sql::LOCK).await?,
-            fence: client.prepare(sql::FENCE).await?,
             load_accounts: client.prepare(sql::LOAD_ACCOUNTS).await?,
             load_keys: client.prepare(sql::LOAD_KEYS).await?,
             load_reservations: client.prepare(sql::LOAD_RESERVATIONS).await?,
-            insert_accounts: client.prepare(sql::INSERT_ACCOUNTS).await?,
-            update_accounts: client.prepare(sql::UPDATE_ACCOUNTS).await?,
-            insert_events: client.prepare(sql::INSERT_EVENTS).await?,
-            insert_reservations: client.prepare(sql::INSERT_RESERVATIONS).await?,
-            update_reservations: client.prepare(sql::UPDATE_RESERVATIONS).await?,
-            insert_keys: client.prepare(sql::INSERT_KEYS).await?,
+            write_batch: client.prepare(sql::WRITE_BATCH).await?,
         };
         Ok(Self { client, statements })
     }

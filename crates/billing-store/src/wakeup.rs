@@ -53,7 +53,8 @@ impl FeedWakeup {
     /// The reader has events in hand and will look again on its own: no
     /// notifications until it next waits.
     pub fn quiet(&self) {
-        self.wanted.send_if_modified(|wanted| std::mem::replace(wanted, false));
+        self.wanted
+            .send_if_modified(|wanted| std::mem::replace(wanted, false));
     }
 
     /// Waits until events may have been appended: a notification, the
@@ -61,7 +62,8 @@ impl FeedWakeup {
     /// (a lost notification only delays a reader). True when woken, false
     /// when `poll` passed.
     pub async fn wait(&self, poll: Duration) -> bool {
-        self.wanted.send_if_modified(|wanted| !std::mem::replace(wanted, true));
+        self.wanted
+            .send_if_modified(|wanted| !std::mem::replace(wanted, true));
         tokio::select! {
             () = self.wakeup.notified() => true,
             () = tokio::time::sleep(poll) => false,

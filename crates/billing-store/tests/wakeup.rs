@@ -65,7 +65,11 @@ async fn a_waiting_reader_is_woken_by_each_commit() {
     let store = Store::connect(&db.url, 4, RateTable::default()).unwrap();
     let wakeup = FeedWakeup::start(&store, "test");
     // Taking up the LISTEN wakes the reader once, to look.
-    assert!(tokio::time::timeout(SOON, wakeup.wait(NEVER)).await.unwrap());
+    assert!(
+        tokio::time::timeout(SOON, wakeup.wait(NEVER))
+            .await
+            .unwrap()
+    );
     for _ in 0..3 {
         append_an_event(&store).await;
         assert!(
@@ -81,7 +85,11 @@ async fn a_busy_reader_stops_listening_and_looks_again_at_once_when_it_waits() {
     let db = TestDb::new().await;
     let store = Store::connect(&db.url, 4, RateTable::default()).unwrap();
     let wakeup = FeedWakeup::start(&store, "test");
-    assert!(tokio::time::timeout(SOON, wakeup.wait(NEVER)).await.unwrap());
+    assert!(
+        tokio::time::timeout(SOON, wakeup.wait(NEVER))
+            .await
+            .unwrap()
+    );
     until_listener_ran(&db, "LISTEN billing_events").await;
 
     // Busy: no notification reaches the reader's connection (PostgreSQL
@@ -99,7 +107,11 @@ async fn a_busy_reader_stops_listening_and_looks_again_at_once_when_it_waits() {
     );
     until_listener_ran(&db, "LISTEN billing_events").await;
     append_an_event(&store).await;
-    assert!(tokio::time::timeout(SOON, wakeup.wait(NEVER)).await.unwrap());
+    assert!(
+        tokio::time::timeout(SOON, wakeup.wait(NEVER))
+            .await
+            .unwrap()
+    );
 }
 
 #[tokio::test]
@@ -107,7 +119,11 @@ async fn the_listening_connection_closes_with_its_reader() {
     let db = TestDb::new().await;
     let store = Store::connect(&db.url, 4, RateTable::default()).unwrap();
     let wakeup = FeedWakeup::start(&store, "test");
-    assert!(tokio::time::timeout(SOON, wakeup.wait(NEVER)).await.unwrap());
+    assert!(
+        tokio::time::timeout(SOON, wakeup.wait(NEVER))
+            .await
+            .unwrap()
+    );
     until_listener_ran(&db, "LISTEN billing_events").await;
     drop(wakeup);
     let deadline = tokio::time::Instant::now() + SOON;

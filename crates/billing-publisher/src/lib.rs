@@ -76,7 +76,8 @@ const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
 
 /// How long to wait before trying again after a failure.
 const BACKOFF: Duration = Duration::from_millis(500);
-/// How long to wait after a notification, so a burst shares one batch. Each
+/// How long to wait after a notification, and at least between the starts of
+/// two reads while events keep coming, so a burst shares one batch. Each
 /// batch costs a feed read and a transaction whatever its size: at 5 ms the
 /// read side woke for every second or third command batch and spent more CPU
 /// per change than it does at 25, which adds at most 25 ms of lag.
@@ -185,6 +186,7 @@ async fn publish_while_leased(
     // Whether the next batch is published again after a failed delivery.
     let mut retrying = false;
     while lease.is_held() && !*shutdown.borrow() {
+        let started = tokio::time::Instant::now();
         let cursor = match lease.cursor().await {
             Ok(cursor) => cursor,
             Err(error) => {
@@ -240,10 +242,13 @@ async fn publish_while_leased(
                 retrying = false;
                 producer = Some(active);
                 if (batch.len() as i64) < config.batch {
-                    // More are likely on their way: look again after the
-                    // wait, without being woken for each commit meanwhile.
+                    // More are likely on their way: look again once the
+                    // wait since this batch began has passed (at once if
+                    // publishing took longer), without being woken for
+                    // each commit meanwhile.
                     wakeup.quiet();
-                    wait(shutdown, COALESCE).await;
+                    let rest = COALESCE.saturating_sub(started.elapsed());
+                    wait(shutdown, rest).await;
                 }
             }
             Err(error) => {

@@ -13,7 +13,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 // Large enough that at the command path's peak (several thousand events a
 // second) a batch's fixed costs (feed read, checkpoint, commit) stay small.
 const BATCH: i64 = 2_000;
-/// How long to wait after a notification, so a burst shares one batch. Each
+/// How long to wait after a notification, and at least between the starts of
+/// two reads while events keep coming, so a burst shares one batch. Each
 /// batch costs a feed read and a transaction whatever its size: at 5 ms the
 /// read side woke for every second or third command batch and spent more CPU
 /// per change than it does at 25, which adds at most 25 ms of lag.
@@ -27,6 +28,7 @@ pub async fn run(store: Store, mut shutdown: watch::Receiver<bool>) {
     let wakeup = FeedWakeup::start(&store, "projector");
     let mut lag_report = tokio::time::interval(LAG_REPORT);
     loop {
+        let started = tokio::time::Instant::now();
         let found = match store
             .project_batch_traced(READ_MODELS, BATCH, apply_span)
             .await
@@ -58,13 +60,14 @@ pub async fn run(store: Store, mut shutdown: watch::Receiver<bool>) {
             }
         };
         if found {
-            // More are likely on their way: look again after the wait,
-            // without being woken for each commit meanwhile.
+            // More are likely on their way: look again once the wait since
+            // this batch began has passed (at once if folding it took
+            // longer), without being woken for each commit meanwhile.
             wakeup.quiet();
         }
         tokio::select! {
             _ = shutdown.changed() => break,
-            () = tokio::time::sleep(COALESCE), if found => {}
+            () = tokio::time::sleep_until(started + COALESCE), if found => {}
             _ = wakeup.wait(POLL), if !found => {
                 // Let a burst of commits land, so they share one batch.
                 tokio::time::sleep(COALESCE).await;

@@ -241,15 +241,8 @@ pub(crate) async fn write(
         // The long way: its transaction holds the locks already; the
         // COMMIT goes in the same pipeline.
         None => {
-            let commit = Box::pin(async {
-                client.batch_execute("COMMIT").await?;
-                Ok(Vec::new())
-            });
-            let [written, committed]: [Result<Vec<Row>, tokio_postgres::Error>; 2] =
-                futures::future::join_all([writes, commit])
-                    .await
-                    .try_into()
-                    .unwrap_or_else(|_| unreachable!("two steps, two results"));
+            // `join!` polls, and so sends, the two in order.
+            let (written, committed) = futures::join!(writes, client.batch_execute("COMMIT"));
             if let Err(error) = written {
                 // The call failed, so the transaction aborted and its COMMIT
                 // rolled back. A lost connection says nothing of the COMMIT,

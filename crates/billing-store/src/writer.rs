@@ -9,14 +9,16 @@
 //!    accounts' versions (and state, where the writer's cached copy is not at
 //!    that version), the batch's idempotency records and the reservations it
 //!    names, pipelined in that order;
-//! 2. after deciding every command in order (`batch.rs`), the set-based
-//!    writes (accounts, events, reservations, idempotency records) and
-//!    `COMMIT`, pipelined (`pipeline.rs`).
+//! 2. after deciding every command in order (`batch.rs`), one call of
+//!    `billing_write_batch` (the set-based writes of accounts, events,
+//!    reservations and idempotency records) and `COMMIT`, pipelined
+//!    (`pipeline.rs`).
 //!
 //! The fast path takes one: when every account is cached and every named
 //! reservation is a live hold of it (or a new one), the batch is decided on
-//! the cached copies and sent as `BEGIN`, locks, a fence on the version and
-//! chain head of each account it was decided from, writes and `COMMIT`.
+//! the cached copies and sent as one call of `billing_write_batch`, a
+//! transaction of its own: the locks, a fence on the version and chain head
+//! of each account it was decided from, then the writes.
 //! Anything it assumed that is not so (a stale copy, a key or reservation id
 //! used before) aborts the transaction, and the batch runs again the long
 //! way.

@@ -14,10 +14,11 @@ use crate::batch::{self, Answer, Decided, Loaded, Writes};
 use crate::observe;
 use crate::pipeline::{Failed, Fence, write};
 
-/// A batch sent the fast way whose COMMIT PostgreSQL has not answered yet.
+/// A batch sent the fast way that PostgreSQL has not answered yet (its
+/// commit).
 pub(super) struct InFlight {
     pub(super) jobs: Vec<Job>,
-    /// The writes and COMMIT, sent: ready once PostgreSQL has answered them.
+    /// The call, sent: ready once PostgreSQL has answered it (committed).
     pub(super) flight: Flight,
     /// What each command answers once the batch has committed.
     pub(super) answers: Vec<Result<Answer, StoreError>>,
@@ -32,13 +33,13 @@ impl Writer {
     /// The fast path: when every account is cached, and every reservation a
     /// command names is a live hold of its cached account or a new one,
     /// nothing needs reading. The batch is decided on the cached copies, its
-    /// accounts as it leaves them go into the cache, and it is sent in one
-    /// pipeline (BEGIN, the locks, a fence on the version and chain head of
-    /// each account it was decided from, the writes, COMMIT) without waiting
-    /// for the answer. A stale copy fails the fence, and a key or
+    /// accounts as it leaves them go into the cache, and it is sent as one
+    /// call, a transaction of its own (the locks, a fence on the version and
+    /// chain head of each account it was decided from, the writes), without
+    /// waiting for the answer. A stale copy fails the fence, and a key or
     /// reservation id used before fails its insert; either aborts the
-    /// transaction (its COMMIT rolls back), and `land` runs it again the
-    /// long way. Gives the jobs back when the batch cannot go this way.
+    /// transaction, and `land` runs it again the long way. Gives the jobs
+    /// back when the batch cannot go this way.
     pub(super) async fn send_fast(
         &mut self,
         jobs: Vec<Job>,

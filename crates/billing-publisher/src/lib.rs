@@ -161,6 +161,8 @@ pub async fn run(store: Store, config: PublisherConfig, mut shutdown: watch::Rec
         tracing::info!("publisher: active");
         metrics::gauge!("billing_publisher_active").set(1.0);
         publish_while_leased(&store, &config, &lease, &wakeup, &mut shutdown).await;
+        // A publisher standing by reads nothing: it need not be woken.
+        wakeup.quiet();
         metrics::gauge!("billing_publisher_active").set(0.0);
         tracing::info!("publisher: lease ended");
     }

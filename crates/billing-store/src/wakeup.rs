@@ -38,9 +38,10 @@ pub struct FeedWakeup {
 }
 
 impl FeedWakeup {
-    /// Starts listening for `reader` (named in the logs).
+    /// Wake-ups for `reader` (named in the logs). Its connection listens
+    /// from the first [`Self::wait`] on.
     pub fn start(store: &Store, reader: &'static str) -> Self {
-        let (wanted, wanted_rx) = watch::channel(true);
+        let (wanted, wanted_rx) = watch::channel(false);
         let wakeup = Arc::new(Notify::new());
         let listener = tokio::spawn(listen(store.clone(), reader, wakeup.clone(), wanted_rx));
         Self {
@@ -50,7 +51,8 @@ impl FeedWakeup {
         }
     }
 
-    /// The reader has events in hand and will look again on its own: no
+    /// The reader has events in hand and will look again on its own (or has
+    /// stopped reading for now, as a publisher standing by): no
     /// notifications until it next waits.
     pub fn quiet(&self) {
         self.wanted

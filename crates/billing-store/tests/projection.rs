@@ -5,23 +5,11 @@ mod support;
 use std::collections::BTreeMap;
 
 use billing_domain::*;
-use billing_store::{Actor, READ_MODELS, RequestMeta, Store};
+use billing_store::{READ_MODELS, Store};
 use billing_testkit::TestDb;
 use proptest::prelude::*;
-use support::{add, insert_raw_event, new_account};
+use support::{add, insert_raw_event, meta, new_account};
 use uuid::Uuid;
-
-fn meta() -> RequestMeta {
-    RequestMeta {
-        actor: Actor {
-            principal: "tester".into(),
-            role: "project_super_admin".into(),
-        },
-        idempotency: None,
-        trace_id: None,
-        span_id: None,
-    }
-}
 
 async fn account(store: &Store, plan: PlanType) -> Uuid {
     let id = Uuid::new_v4();

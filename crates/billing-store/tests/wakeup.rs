@@ -5,9 +5,9 @@ mod support;
 use std::time::Duration;
 
 use billing_domain::{PlanType, RateTable};
-use billing_store::{Actor, FeedWakeup, RequestMeta, Store};
+use billing_store::{FeedWakeup, Store};
 use billing_testkit::TestDb;
-use support::new_account;
+use support::{meta, new_account};
 use uuid::Uuid;
 
 /// A poll interval no test waits out: a wait that returns `true` before it
@@ -17,20 +17,27 @@ const NEVER: Duration = Duration::from_secs(600);
 const SOON: Duration = Duration::from_secs(10);
 
 async fn append_an_event(store: &Store) {
-    let meta = RequestMeta {
-        actor: Actor {
-            principal: "tester".into(),
-            role: "project_super_admin".into(),
-        },
-        idempotency: None,
-        trace_id: None,
-        span_id: None,
-    };
     store
-        .create_account(Uuid::new_v4(), &meta, &new_account(PlanType::Free))
+        .create_account(Uuid::new_v4(), &meta(), &new_account(PlanType::Free))
         .await
         .unwrap()
         .unwrap();
+}
+
+/// A store on a fresh database, and wake-ups for a reader of it.
+async fn reader() -> (TestDb, Store, FeedWakeup) {
+    let db = TestDb::new().await;
+    let store = Store::connect(&db.url, 4, RateTable::default()).unwrap();
+    let wakeup = FeedWakeup::start(&store, "test");
+    (db, store, wakeup)
+}
+
+/// Waits as a caught-up reader does; true when woken before `SOON` (never
+/// by the poll, which is `NEVER`).
+async fn woken(wakeup: &FeedWakeup) -> bool {
+    tokio::time::timeout(SOON, wakeup.wait(NEVER))
+        .await
+        .unwrap_or(false)
 }
 
 /// The last statement of this database's listening connection.
@@ -61,35 +68,19 @@ async fn until_listener_ran(db: &TestDb, statement: &str) {
 
 #[tokio::test]
 async fn a_waiting_reader_is_woken_by_each_commit() {
-    let db = TestDb::new().await;
-    let store = Store::connect(&db.url, 4, RateTable::default()).unwrap();
-    let wakeup = FeedWakeup::start(&store, "test");
+    let (_db, store, wakeup) = reader().await;
     // Taking up the LISTEN wakes the reader once, to look.
-    assert!(
-        tokio::time::timeout(SOON, wakeup.wait(NEVER))
-            .await
-            .unwrap()
-    );
+    assert!(woken(&wakeup).await);
     for _ in 0..3 {
         append_an_event(&store).await;
-        assert!(
-            tokio::time::timeout(SOON, wakeup.wait(NEVER))
-                .await
-                .expect("a commit wakes a waiting reader")
-        );
+        assert!(woken(&wakeup).await, "a commit wakes a waiting reader");
     }
 }
 
 #[tokio::test]
 async fn a_busy_reader_stops_listening_and_looks_again_at_once_when_it_waits() {
-    let db = TestDb::new().await;
-    let store = Store::connect(&db.url, 4, RateTable::default()).unwrap();
-    let wakeup = FeedWakeup::start(&store, "test");
-    assert!(
-        tokio::time::timeout(SOON, wakeup.wait(NEVER))
-            .await
-            .unwrap()
-    );
+    let (db, store, wakeup) = reader().await;
+    assert!(woken(&wakeup).await);
     until_listener_ran(&db, "LISTEN billing_events").await;
 
     // Busy: no notification reaches the reader's connection (PostgreSQL
@@ -101,29 +92,18 @@ async fn a_busy_reader_stops_listening_and_looks_again_at_once_when_it_waits() {
     // Caught up: it listens again and looks at once, so the event committed
     // while nobody listened is not left for the next poll.
     assert!(
-        tokio::time::timeout(SOON, wakeup.wait(NEVER))
-            .await
-            .expect("taking up the LISTEN again wakes the reader")
+        woken(&wakeup).await,
+        "taking up the LISTEN again wakes the reader"
     );
     until_listener_ran(&db, "LISTEN billing_events").await;
     append_an_event(&store).await;
-    assert!(
-        tokio::time::timeout(SOON, wakeup.wait(NEVER))
-            .await
-            .unwrap()
-    );
+    assert!(woken(&wakeup).await);
 }
 
 #[tokio::test]
 async fn the_listening_connection_closes_with_its_reader() {
-    let db = TestDb::new().await;
-    let store = Store::connect(&db.url, 4, RateTable::default()).unwrap();
-    let wakeup = FeedWakeup::start(&store, "test");
-    assert!(
-        tokio::time::timeout(SOON, wakeup.wait(NEVER))
-            .await
-            .unwrap()
-    );
+    let (db, _store, wakeup) = reader().await;
+    assert!(woken(&wakeup).await);
     until_listener_ran(&db, "LISTEN billing_events").await;
     drop(wakeup);
     let deadline = tokio::time::Instant::now() + SOON;

@@ -6,6 +6,19 @@ use billing_domain::*;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
+/// An admin's request without an idempotency key or a trace.
+pub fn meta() -> billing_store::RequestMeta {
+    billing_store::RequestMeta {
+        actor: billing_store::Actor {
+            principal: "tester".into(),
+            role: "project_super_admin".into(),
+        },
+        idempotency: None,
+        trace_id: None,
+        span_id: None,
+    }
+}
+
 /// A prepaid account on `plan` with a zero hard limit.
 pub fn new_account(plan: PlanType) -> CreateAccount {
     CreateAccount {

@@ -57,6 +57,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0010_write_batch",
         include_str!("../../../migrations/0010_write_batch.sql"),
     ),
+    (
+        11,
+        "0011_write_batch_fenced_updates",
+        include_str!("../../../migrations/0011_write_batch_fenced_updates.sql"),
+    ),
 ];
 
 /// Serializes concurrent migrators (several replicas starting at once).

@@ -178,18 +178,13 @@ pub(crate) async fn write(
     let key_times: Vec<_> = k.iter().map(|r| r.created_at).collect();
 
     let no_keys: &[i64] = &[];
-    let no_ids: &[Uuid] = &[];
-    let no_versions: &[i64] = &[];
-    let no_heads: &[Option<Vec<u8>>] = &[];
-    let (lock_keys, fence_ids, fence_versions, fence_heads) = match fence {
-        Some(f) => (f.lock_keys, f.ids, f.versions, f.heads),
-        None => (no_keys, no_ids, no_versions, no_heads),
-    };
+    let lock_keys = fence.map_or(no_keys, |f| f.lock_keys);
+    let split = SplitFence::of(fence, &updated_ids, &expected);
     let mut params: Vec<Param<'_>> = vec![
         &lock_keys,
-        &fence_ids,
-        &fence_versions,
-        &fence_heads,
+        &split.ids,
+        &split.versions,
+        &split.heads,
         &created_ids,
         &created_customers,
         &created_versions,
@@ -202,6 +197,7 @@ pub(crate) async fn write(
         &updated_due,
         &updated_at,
         &expected,
+        &split.updated_heads,
         &billing_domain::EVENT_SCHEMA_VERSION,
         &event_ids,
         &event_accounts,
@@ -261,6 +257,52 @@ pub(crate) async fn write(
         let commit_sent = fence.is_none() || matches!(error, StoreError::Unavailable(_));
         Failed { error, commit_sent }
     })
+}
+
+/// The fast path's fence as the call takes it: an account the batch updates
+/// is fenced by its UPDATE (the version it was decided from, which is the
+/// update's expected version, and the chain head in `updated_heads`); the
+/// fence proper keeps the accounts decided from but not written.
+struct SplitFence<'a> {
+    ids: Vec<Uuid>,
+    versions: Vec<i64>,
+    heads: Vec<Option<&'a [u8]>>,
+    /// One per updated account: its head where the fence named one.
+    updated_heads: Vec<Option<&'a [u8]>>,
+}
+
+impl<'a> SplitFence<'a> {
+    fn of(fence: Option<&Fence<'a>>, updated_ids: &[Uuid], expected: &[i64]) -> Self {
+        let mut split = Self {
+            ids: Vec::new(),
+            versions: Vec::new(),
+            heads: Vec::new(),
+            updated_heads: vec![None; updated_ids.len()],
+        };
+        let Some(fence) = fence else {
+            return split;
+        };
+        let mut updated: Vec<(Uuid, usize)> = updated_ids.iter().copied().zip(0..).collect();
+        updated.sort_unstable();
+        for ((id, version), head) in fence.ids.iter().zip(fence.versions).zip(fence.heads) {
+            let head = head.as_deref();
+            let at = updated
+                .binary_search_by(|(u, _)| u.cmp(id))
+                .ok()
+                .map(|found| updated[found].1);
+            // The update checks the version it expects: where that is the
+            // version decided from, the update is this account's fence.
+            match at {
+                Some(i) if expected[i] == *version => split.updated_heads[i] = head,
+                _ => {
+                    split.ids.push(*id);
+                    split.versions.push(*version);
+                    split.heads.push(head);
+                }
+            }
+        }
+        split
+    }
 }
 
 struct ReservationColumns<'a> {

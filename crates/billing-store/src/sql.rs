@@ -42,11 +42,13 @@ LEFT JOIN events e
       AND e.version = (r.commit_outcome->>'account_version')::bigint
 WHERE r.reservation_id = ANY($1::text[])";
 
-/// A batch's writes, in one call (`migrations/0010_write_batch.sql`): the
-/// fast path's locks and fence, then the accounts, events, reservations and
+/// A batch's writes, in one call (`migrations/0011_write_batch_fenced_updates.sql`):
+/// the fast path's locks and fence, then the accounts (each update fenced by
+/// the version and chain head it was decided from), events, reservations and
 /// idempotency records, each as whole columns.
 pub(crate) const WRITE_BATCH: &str = "
 SELECT billing_write_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
                            $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30,
                            $31, $32, $33, $34, $35, $36, $37, $38, $39, $40, $41, $42, $43, $44,
-                           $45, $46, $47, $48, $49, $50, $51, $52, $53, $54, $55, $56, $57, $58)";
+                           $45, $46, $47, $48, $49, $50, $51, $52, $53, $54, $55, $56, $57, $58,
+                           $59)";

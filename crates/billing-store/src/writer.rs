@@ -17,8 +17,9 @@
 //! The fast path takes one: when every account is cached and every named
 //! reservation is a live hold of it (or a new one), the batch is decided on
 //! the cached copies and sent as one call of `billing_write_batch`, a
-//! transaction of its own: the locks, a fence on the version and chain head
-//! of each account it was decided from, then the writes.
+//! transaction of its own: the locks, then the writes, with a fence on the
+//! version and chain head of each account it was decided from (an updated
+//! account's in its UPDATE).
 //! Anything it assumed that is not so (a stale copy, a key or reservation id
 //! used before) aborts the transaction, and the batch runs again the long
 //! way.
@@ -26,7 +27,10 @@
 //! Fast batches are pipelined: while one waits for its COMMIT, the next is
 //! decided on the accounts as that one leaves them and sent behind it on the
 //! same connection, so PostgreSQL starts it the moment the first commits,
-//! with no round trip between. Its fence names each account's chain head,
+//! with no round trip between. The batch behind gathers commands until it is
+//! as large as the one ahead (or that one lands), so that batches stay even
+//! rather than alternating one large and one of a single command. Its fence
+//! names each account's chain head,
 //! which only the events of the batch ahead can produce: if that batch
 //! fails, so does this one wherever they share an account, and both run
 //! again the long way, in order.

@@ -5,6 +5,13 @@ use billing_server::telemetry::{self, LogFormat};
 use billing_server::{Application, ServeConfig, shutdown_signal};
 use clap::{Parser, Subcommand};
 
+/// mimalloc rather than glibc's malloc: every request, batch and event
+/// allocates and frees many small buffers across tokio's worker threads,
+/// which mimalloc's per-thread free lists serve with fewer instructions (see
+/// BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "billing",

@@ -385,3 +385,60 @@ impl Connection {
         Ok(Self { client, statements })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    #[test]
+    fn without_a_fence_nothing_is_fenced() {
+        let split = SplitFence::of(None, &[id(1), id(2)], &[3, 4]);
+        assert!(split.ids.is_empty() && split.versions.is_empty() && split.heads.is_empty());
+        assert_eq!(split.updated_heads, vec![None, None]);
+    }
+
+    #[test]
+    fn an_updated_account_is_fenced_by_its_update_and_the_rest_by_the_fence_proper() {
+        let (a, b, c, d) = (id(1), id(2), id(3), id(4));
+        let heads = [Some(vec![0xaa]), Some(vec![0xbb]), None, Some(vec![0xdd])];
+        let fence = Fence {
+            lock_keys: &[],
+            ids: &[a, b, c, d],
+            versions: &[10, 20, 30, 40],
+            heads: &heads,
+        };
+        // Updated out of the fence's order: d as decided from, a as decided
+        // from, and b at a version other than the one decided from (so its
+        // update cannot stand for the fence). c is decided from only.
+        let updated = [d, b, a];
+        let expected = [40, 21, 10];
+        let split = SplitFence::of(Some(&fence), &updated, &expected);
+
+        assert_eq!(split.ids, vec![b, c]);
+        assert_eq!(split.versions, vec![20, 30]);
+        assert_eq!(split.heads, vec![Some(&[0xbb][..]), None]);
+        assert_eq!(
+            split.updated_heads,
+            vec![Some(&[0xdd][..]), None, Some(&[0xaa][..])]
+        );
+    }
+
+    #[test]
+    fn an_updated_account_without_a_head_yet_is_still_fenced_by_its_update() {
+        let a = id(7);
+        let heads = [None];
+        let fence = Fence {
+            lock_keys: &[],
+            ids: &[a],
+            versions: &[0],
+            heads: &heads,
+        };
+        let split = SplitFence::of(Some(&fence), &[a], &[0]);
+        assert!(split.ids.is_empty());
+        assert_eq!(split.updated_heads, vec![None]);
+    }
+}

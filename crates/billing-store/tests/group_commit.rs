@@ -462,3 +462,59 @@ async fn a_batch_sent_behind_one_that_fails_never_commits_what_that_one_would_ha
     let versions: Vec<i64> = events.iter().map(|e| e.version).collect();
     assert_eq!(versions, (1..=versions.len() as i64).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn a_refusal_sent_behind_a_batch_that_fails_is_never_decided_on_what_that_one_would_have_left()
+ {
+    // As above, but every command of the batch behind is refused, so it
+    // writes nothing on the account: only the fence proper (the accounts
+    // decided from but not written) stands between it and a refusal decided
+    // on a stale copy. The copy's version is the one another replica has
+    // stored since; its chain head is not.
+    let db = TestDb::new().await;
+    let a = one_writer(&db);
+    let b = one_writer(&db);
+    let id = account_with(&a, 0).await;
+    let (high, low) = id.as_u64_pair();
+    let lock_key = i64::from_ne_bytes((high ^ low).to_ne_bytes());
+    let blocker = db.client().await;
+    let settle = || tokio::time::sleep(std::time::Duration::from_millis(100));
+    let mut expected = 0;
+    for round in 0..3 {
+        b.execute(id, &meta(None, b""), &add(10_000))
+            .await
+            .unwrap()
+            .unwrap();
+        // `a`'s copy holds `expected`: too little for a message, where the
+        // account holds enough for one.
+        blocker
+            .execute("SELECT pg_advisory_lock($1)", &[&lock_key])
+            .await
+            .unwrap();
+        let first = {
+            let a = a.clone();
+            tokio::spawn(async move { a.execute(id, &meta(None, b""), &add(1)).await })
+        };
+        settle().await;
+        let second = {
+            let a = a.clone();
+            let sms = sms(&format!("m-{round}"));
+            tokio::spawn(async move { a.execute(id, &meta(None, b""), &sms).await })
+        };
+        settle().await;
+        blocker
+            .execute("SELECT pg_advisory_unlock($1)", &[&lock_key])
+            .await
+            .unwrap();
+        first.await.unwrap().unwrap().unwrap();
+        let second = second.await.unwrap().unwrap();
+        assert!(
+            second.is_ok(),
+            "round {round}: decided on the stored account, not the copy: {second:?}"
+        );
+        // b's top-up and a's add(1), less one message at 10,000 micros.
+        expected += 10_000 + 1 - 10_000;
+        let account = b.account(id).await.unwrap().unwrap();
+        assert_eq!(account.balance_credit, Micros(expected), "round {round}");
+    }
+}

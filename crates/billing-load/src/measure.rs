@@ -7,16 +7,44 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+/// An RPC at least this slow counts as slow in its second of the
+/// timeline: the bound on Reserve p99.
+const SLOW: Duration = Duration::from_millis(10);
+
 /// What one worker measured.
-#[derive(Default)]
 pub struct Tally {
     pub latencies: BTreeMap<&'static str, Histogram<u64>>,
     pub errors: BTreeMap<String, u64>,
     pub calls: u64,
     pub changes: u64,
+    /// Per second of the measured window (by when each RPC started), so a
+    /// tail can be told apart as steady or as a stretch.
+    pub seconds: Vec<Second>,
+    measure_from: Instant,
+}
+
+/// One second of the measured window.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Second {
+    /// RPCs started in this second.
+    pub rpcs: u64,
+    /// Of them, those that took [`SLOW`] or longer.
+    pub slow: u64,
 }
 
 impl Tally {
+    /// An empty tally of a window that starts at `measure_from`.
+    pub fn since(measure_from: Instant) -> Self {
+        Self {
+            latencies: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            calls: 0,
+            changes: 0,
+            seconds: Vec::new(),
+            measure_from,
+        }
+    }
+
     /// Records one RPC; true when it succeeded.
     pub fn record(
         &mut self,
@@ -24,14 +52,24 @@ impl Tally {
         started: Instant,
         result: &Result<(), tonic::Status>,
     ) -> bool {
-        let micros = u64::try_from(started.elapsed().as_micros())
-            .unwrap_or(u64::MAX)
-            .max(1);
+        let took = started.elapsed();
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
         let _ = self
             .latencies
             .entry(rpc)
             .or_insert_with(histogram)
             .record(micros.min(120_000_000));
+        let second = started
+            .saturating_duration_since(self.measure_from)
+            .as_secs();
+        let second = usize::try_from(second).unwrap_or(usize::MAX);
+        if second < 3_600 {
+            if self.seconds.len() <= second {
+                self.seconds.resize(second + 1, Second::default());
+            }
+            self.seconds[second].rpcs += 1;
+            self.seconds[second].slow += u64::from(took >= SLOW);
+        }
         match result {
             Ok(()) => true,
             Err(status) => {
@@ -60,6 +98,13 @@ impl Tally {
         }
         self.calls += other.calls;
         self.changes += other.changes;
+        if self.seconds.len() < other.seconds.len() {
+            self.seconds.resize(other.seconds.len(), Second::default());
+        }
+        for (mine, theirs) in self.seconds.iter_mut().zip(other.seconds) {
+            mine.rpcs += theirs.rpcs;
+            mine.slow += theirs.slow;
+        }
     }
 
     pub fn latency_report(&self) -> BTreeMap<String, Latency> {

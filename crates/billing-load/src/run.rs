@@ -15,7 +15,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::measure::{self, LagReport, Latency, Process, ProcessCpu, Tally};
+use crate::measure::{self, LagReport, Latency, Process, ProcessCpu, Second, Tally};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct RunArgs {
@@ -165,6 +165,9 @@ pub struct RunReport {
     pub postgres_cpu_us_per_change: f64,
     /// The projector's and the publisher's lag while measuring.
     pub lag: BTreeMap<&'static str, LagReport>,
+    /// Each second of the window: RPCs started, and how many took 10 ms or
+    /// more.
+    pub seconds: Vec<Second>,
 }
 
 /// Creates the load's accounts, many at a time, each with ample credit.
@@ -211,7 +214,7 @@ async fn worker(
     end: Instant,
 ) -> Tally {
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-    let mut tally = Tally::default();
+    let mut tally = Tally::since(measure_from);
     while Instant::now() < end {
         let account = accounts[rng.below(accounts.len() as u64) as usize].clone();
         let measuring = Instant::now() >= measure_from;
@@ -282,7 +285,7 @@ async fn health_worker(
     measure_from: Instant,
     end: Instant,
 ) -> Tally {
-    let mut tally = Tally::default();
+    let mut tally = Tally::since(measure_from);
     while Instant::now() < end {
         let measuring = Instant::now() >= measure_from;
         let started = Instant::now();
@@ -354,7 +357,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let self_before = measure::cpu_seconds("self").unwrap_or(0.0);
     let processes_before = measure::cpu_snapshot(&args.processes);
     let postgres_before = measure::postgres_cpu_seconds();
-    let mut tally = Tally::default();
+    let mut tally = Tally::since(measure_from);
     for worker in workers {
         tally.merge(worker.await?);
     }
@@ -386,6 +389,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         postgres_cpu_s: postgres_cpu,
         postgres_cpu_us_per_change: postgres_cpu * 1e6 / changes,
         lag,
+        seconds: tally.seconds,
     };
     let json = serde_json::to_string_pretty(&report)?;
     match &args.out {

@@ -109,17 +109,28 @@ WITH charged AS (
 INSERT INTO ledger (account_id, amount, balance_after) SELECT account_id, -:amount, balance FROM charged;
 SQL
 
+# Every run starts just after a checkpoint, and none starts within it
+# (pg.sh --fresh sets max_wal_size and checkpoint_timeout past a sweep's
+# WAL and length): a checkpoint landing inside one run and not another, with
+# its writes and the full-page images that follow it, would make the two
+# incomparable.
+checkpoint() {
+  psql "$admin" -qc "CHECKPOINT"
+}
+
 # One row: the baseline, then the service, at the same concurrency on the
 # same accounts distribution.
 row() {
   local accounts=$1 c=$2 dist=uniform jobs tps
   [ "$accounts" = 1 ] && dist=hot
   jobs=$(( c < 2 ? c : 2 ))
+  checkpoint
   tps=$("$pgbench" -n -c "$c" -j "$jobs" -T "$seconds" -D "accounts=$accounts" -f "$out/charge.sql" "$baseline_db" 2>/dev/null \
     | awk '/^tps = / {print $3; exit}')
   printf '{"kind":"baseline","distribution":"%s","accounts":%s,"concurrency":%s,"tps":%s}\n' \
     "$dist" "$accounts" "$c" "${tps:-0}" > "$out/baseline-$accounts-$c.json"
   echo "baseline $accounts accounts c=$c: $tps charges/s"
+  checkpoint
   "$bin/billing-load" run --addr "127.0.0.1:$grpc_port" --concurrency "$c" --accounts "$accounts" \
     --duration-s "$seconds" --warmup-s "$warmup" "${processes[@]}" --database-url "$db" \
     --label "service-$accounts-$c" --out "$out/service-$accounts-$c.json"
@@ -144,8 +155,12 @@ psql "$db" -qAtc "SELECT calls, round(total_exec_time::numeric), round(mean_exec
 psql "$db" -qAtc "SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = 'billing'" > "$out/transactions.txt" || true
 psql "$db" -qAtc "SELECT wal_records, wal_bytes, wal_write, wal_sync FROM pg_stat_wal" > "$out/wal.txt" || true
 psql "$db" -qAtc "SELECT count(*) FROM events" > "$out/events.txt" || true
+# Checkpoints that started on their own (by WAL volume or time), not at
+# bench.sh's CHECKPOINT: none unless a sweep outgrew the settings.
+grep -E "checkpoint starting: .*(wal|time)" "$dev/pg-bench/server.log" > "$out/checkpoints.txt" || true
 
 echo
 echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), PostgreSQL $(psql "$admin" -qAtc 'SHOW server_version')"
 "$bin/billing-load" report "$out"
+echo "Checkpoints started within the sweep other than bench.sh's own: $(wc -l < "$out/checkpoints.txt")"
 echo "JSON in target/bench/ (summary.json, one file per run); top statements in target/bench/top-statements.txt"

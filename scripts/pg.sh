@@ -98,6 +98,10 @@ case "$cmd" in
         if [ "$ephemeral" = "--fresh" ]; then
           echo "shared_preload_libraries = 'pg_stat_statements'"
           echo "pg_stat_statements.track = all"
+          # Checkpoints only when asked for (bench.sh asks before every
+          # run), never in the middle of a measured window.
+          echo "max_wal_size = 16GB"
+          echo "checkpoint_timeout = 1h"
         fi
       } >> "$datadir/postgresql.conf"
     fi

@@ -717,3 +717,54 @@ async fn an_idempotency_record_keeps_no_account_view_and_replays_the_first_outco
         "charged once"
     );
 }
+
+#[tokio::test]
+async fn the_publishers_feed_gives_every_event_its_predecessors_available_credit_at_any_batch_size()
+{
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let accounts = [
+        created(&store, PlanType::Basic, 0).await,
+        created(&store, PlanType::Basic, 0).await,
+    ];
+    for n in 1..=4 {
+        for (i, id) in accounts.iter().enumerate() {
+            let credit = 1_000 * n + i64::try_from(i).unwrap();
+            store
+                .execute(*id, &meta(None, "add", b""), &add(credit))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+    // Each event's predecessor, from the events themselves.
+    let all = store.read_feed(Cursor::START, 1_000).await.unwrap();
+    let before = |account_id: Uuid, version: i64| {
+        all.iter()
+            .find(|p| p.account_id == account_id && p.version + 1 == version)
+            .map(|p| p.balances.available_credit.get())
+    };
+    assert!(all.len() >= 10, "{} events", all.len());
+
+    // A batch of one reads every predecessor; a batch of all reads none.
+    for limit in [1, 2, 3, 1_000] {
+        let mut cursor = Cursor::START;
+        let mut seen = 0;
+        loop {
+            let batch = store.read_feed_with_previous(cursor, limit).await.unwrap();
+            let Some((last, _)) = batch.last() else { break };
+            cursor = last.cursor;
+            for (e, previous) in &batch {
+                assert_eq!(
+                    *previous,
+                    before(e.account_id, e.version),
+                    "batches of {limit}: version {} of {}",
+                    e.version,
+                    e.account_id
+                );
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, all.len(), "batches of {limit}");
+    }
+}

@@ -737,14 +737,30 @@ async fn the_publishers_feed_gives_every_event_its_predecessors_available_credit
                 .unwrap();
         }
     }
-    // Each event's predecessor, from the events themselves.
-    let all = store.read_feed(Cursor::START, 1_000).await.unwrap();
+    // Each event's predecessor, from the events themselves, once the feed
+    // shows them all (its xmin is the whole server's: other tests'
+    // transactions hold it back for a moment).
+    let stored: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let all = loop {
+        let all = store.read_feed(Cursor::START, 1_000).await.unwrap();
+        if all.len() == usize::try_from(stored).unwrap() || tokio::time::Instant::now() > deadline {
+            break all;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     let before = |account_id: Uuid, version: i64| {
         all.iter()
             .find(|p| p.account_id == account_id && p.version + 1 == version)
             .map(|p| p.balances.available_credit.get())
     };
-    assert!(all.len() >= 10, "{} events", all.len());
+    assert!(all.len() >= 10, "{} events of {stored}", all.len());
 
     // A batch of one reads every predecessor; a batch of all reads none.
     for limit in [1, 2, 3, 1_000] {

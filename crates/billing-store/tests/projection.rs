@@ -8,7 +8,7 @@ use billing_domain::*;
 use billing_store::{READ_MODELS, Store};
 use billing_testkit::TestDb;
 use proptest::prelude::*;
-use support::{add, insert_raw_event, meta, new_account};
+use support::{add, insert_raw_event, meta, new_account, rows};
 use uuid::Uuid;
 
 async fn account(store: &Store, plan: PlanType) -> Uuid {
@@ -327,13 +327,7 @@ async fn two_projector_replicas_produce_the_same_tables_as_one() {
         applied_by_replicas += replica.await.unwrap();
     }
     catch_up(&store).await;
-    let total_events: i64 = db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM events", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let total_events = rows(&db, "events").await;
     assert!(
         applied_by_replicas as i64 <= total_events,
         "no event applied twice"

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use billing_domain::*;
 use billing_store::{Actor, Cursor, Idempotency, RequestMeta, Store, StoreError};
 use billing_testkit::TestDb;
-use support::{add, insert_raw_event, new_account};
+use support::{add, insert_raw_event, new_account, rows};
 use uuid::Uuid;
 
 async fn store(db: &TestDb) -> Store {
@@ -256,13 +256,7 @@ async fn a_rejected_command_changes_nothing() {
         .unwrap();
     assert!(matches!(answer, Err(Rejection::InsufficientBalance { .. })));
     assert_eq!(store.account_events(id).await.unwrap(), before);
-    let keys: i64 = db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM idempotency_keys", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let keys = rows(&db, "idempotency_keys").await;
     assert_eq!(
         keys, 0,
         "a refusal is not remembered: the caller may retry after topping up"
@@ -740,13 +734,7 @@ async fn the_publishers_feed_gives_every_event_its_predecessors_available_credit
     // Each event's predecessor, from the events themselves, once the feed
     // shows them all (its xmin is the whole server's: other tests'
     // transactions hold it back for a moment).
-    let stored: i64 = db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM events", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let stored = rows(&db, "events").await;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     let all = loop {
         let all = store.read_feed(Cursor::START, 1_000).await.unwrap();

@@ -70,3 +70,13 @@ pub async fn insert_raw_event(
         )
         .await
 }
+
+/// How many rows `table` holds.
+pub async fn rows(db: &billing_testkit::TestDb, table: &str) -> i64 {
+    db.client()
+        .await
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}

@@ -7,11 +7,14 @@
 //! - [`message`]: the messages, a pure function of the events.
 //! - [`tail`]: a deduplicating consumer (`billing tail`).
 //! - [`probe`]: whether the brokers answer (the role's health).
+//! - [`connection`]: the brokers and the security settings (TLS, SASL)
+//!   every client of ours shares.
 //! - [`run`]: the role. One publisher per checkpoint is active at a time (a
 //!   lease); stand-bys take over when it dies.
 
 #![forbid(unsafe_code)]
 
+pub mod connection;
 pub mod digests;
 pub mod message;
 pub mod probe;
@@ -20,8 +23,8 @@ pub mod tail;
 use std::time::Duration;
 
 use billing_store::{FeedWakeup, Lease, Store, StoredEvent};
+pub use connection::KafkaConnection;
 use futures::future::try_join_all;
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -37,8 +40,8 @@ pub const CHECKPOINT: &str = "kafka";
 /// Where and how to publish.
 #[derive(Clone, Debug)]
 pub struct PublisherConfig {
-    /// Bootstrap servers, `host:port,...`.
-    pub brokers: String,
+    /// The brokers, and how to reach them (TLS, SASL).
+    pub connection: KafkaConnection,
     /// `account_updated` for every change.
     pub topic: String,
     /// `balance_low`, `balance_recovered`, `credit_limit_exceeded`.
@@ -56,9 +59,9 @@ pub struct PublisherConfig {
 }
 
 impl PublisherConfig {
-    pub fn new(brokers: &str) -> Self {
+    pub fn new(connection: KafkaConnection) -> Self {
         Self {
-            brokers: brokers.to_owned(),
+            connection,
             topic: "billing.account_updated.v1".to_owned(),
             alerts_topic: "billing.balance_alerts.v1".to_owned(),
             digests_topic: "billing.chain_digests.v1".to_owned(),
@@ -87,9 +90,7 @@ const POLL: Duration = Duration::from_millis(500);
 
 /// Creates the topics when missing.
 pub async fn ensure_topics(config: &PublisherConfig) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> = config.connection.client_config().create()?;
     let topics = [&config.topic, &config.alerts_topic, &config.digests_topic].map(|name| {
         NewTopic::new(
             name,
@@ -112,8 +113,9 @@ pub async fn ensure_topics(config: &PublisherConfig) -> Result<(), KafkaError> {
 }
 
 fn producer(config: &PublisherConfig) -> Result<FutureProducer, KafkaError> {
-    ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
+    config
+        .connection
+        .client_config()
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("message.timeout.ms", config.message_timeout_ms.to_string())

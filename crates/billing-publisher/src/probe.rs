@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 
@@ -22,10 +21,12 @@ impl std::fmt::Debug for BrokerProbe {
 }
 
 impl BrokerProbe {
-    /// A probe of `brokers` (`host:port,...`). Connects lazily.
-    pub fn new(brokers: &str) -> Result<Self, KafkaError> {
-        let client: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
+    /// A probe of the brokers, with the publisher's own security settings
+    /// (so wrong credentials make it fail, as they make the publisher).
+    /// Connects lazily.
+    pub fn new(connection: &crate::KafkaConnection) -> Result<Self, KafkaError> {
+        let client: BaseConsumer = connection
+            .client_config()
             // Notice a broker's return within a second (see the producer).
             .set("reconnect.backoff.ms", crate::RECONNECT_BACKOFF_MS)
             .set("reconnect.backoff.max.ms", crate::RECONNECT_BACKOFF_MAX_MS)

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 
 use futures::StreamExt;
-use rdkafka::ClientConfig;
 use rdkafka::Message as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -48,9 +47,9 @@ pub fn describe(payload: &Value) -> Option<(String, i64, String)> {
 }
 
 /// Prints every change on `topic` from the beginning, until interrupted.
-pub async fn run(brokers: &str, topic: &str) -> Result<(), KafkaError> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+pub async fn run(connection: &crate::KafkaConnection, topic: &str) -> Result<(), KafkaError> {
+    let consumer: StreamConsumer = connection
+        .client_config()
         .set("group.id", format!("billing-tail-{}", uuid::Uuid::new_v4()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")

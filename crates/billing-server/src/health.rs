@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use billing_api::{BillingApi, BillingServiceServer};
+use billing_publisher::KafkaConnection;
 use billing_publisher::probe::BrokerProbe;
 use billing_store::{DatabaseProbe, Store};
 use tokio::sync::watch;
@@ -37,7 +38,7 @@ enum Broker {
 }
 
 impl Checks {
-    fn new(database: DatabaseProbe, brokers: Option<&str>) -> Self {
+    fn new(database: DatabaseProbe, brokers: Option<&KafkaConnection>) -> Self {
         let broker = match brokers.map(BrokerProbe::new) {
             None => Broker::None,
             Some(Ok(probe)) => Broker::Probe(probe),
@@ -68,8 +69,9 @@ pub fn service_name(role: Role) -> &'static str {
 pub struct Monitor {
     pub store: Store,
     pub roles: Vec<Role>,
-    /// The publisher's brokers, when this process runs it.
-    pub brokers: Option<String>,
+    /// The publisher's brokers (and its credentials, so that wrong ones
+    /// show here), when this process runs it.
+    pub brokers: Option<KafkaConnection>,
     pub interval: Duration,
 }
 
@@ -82,7 +84,7 @@ impl Monitor {
         reporter: HealthReporter,
         mut stop: watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
-        let mut checks = Checks::new(self.store.database_probe(), self.brokers.as_deref());
+        let mut checks = Checks::new(self.store.database_probe(), self.brokers.as_ref());
         let mut reported = self.check(&mut checks, &reporter, None).await;
         tokio::spawn(async move {
             loop {

@@ -224,7 +224,7 @@ async fn a_publisher_without_a_broker_is_not_serving_and_with_one_it_is() {
         let mut config = ServeConfig::for_database(&db.url, support::JWT_SECRET);
         // A publisher-only process: it serves health alone on its address.
         config.roles = vec![Role::Projector, Role::Publisher];
-        config.kafka.kafka_brokers = Some(brokers);
+        config.kafka.security.kafka_brokers = Some(brokers);
         let id = uuid::Uuid::new_v4().simple().to_string();
         config.kafka.kafka_topic = format!("test.account_updated.{id}");
         config.kafka.kafka_alerts_topic = format!("test.balance_alerts.{id}");

@@ -41,7 +41,7 @@ async fn app_publishing(brokers: &str, (topic, alerts): &(String, String)) -> Te
     let (brokers, topic, alerts) = (brokers.to_owned(), topic.clone(), alerts.clone());
     TestApp::spawn_with(db, move |config| {
         config.roles.push(billing_server::Role::Publisher);
-        config.kafka.kafka_brokers = Some(brokers);
+        config.kafka.security.kafka_brokers = Some(brokers);
         config.kafka.kafka_topic = topic;
         config.kafka.kafka_alerts_topic = alerts;
     })
@@ -648,7 +648,7 @@ async fn every_recorded_chain_digest_is_published_to_its_topic() {
             (brokers.clone(), topics.clone(), digests_topic.clone());
         TestApp::spawn_with(db, move |config| {
             config.roles.push(billing_server::Role::Publisher);
-            config.kafka.kafka_brokers = Some(brokers);
+            config.kafka.security.kafka_brokers = Some(brokers);
             config.kafka.kafka_topic = topic;
             config.kafka.kafka_alerts_topic = alerts;
             config.kafka.kafka_digests_topic = digests;

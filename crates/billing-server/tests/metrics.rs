@@ -264,7 +264,7 @@ async fn the_lag_gauges_rise_while_the_readers_are_held_back_and_fall_when_they_
     let app = TestApp::spawn_with(db, |config| {
         config.metrics_addr = Some(metrics);
         config.roles.push(billing_server::Role::Publisher);
-        config.kafka.kafka_brokers = Some(brokers);
+        config.kafka.security.kafka_brokers = Some(brokers);
         config.kafka.kafka_topic = format!("test.account_updated.{id}");
         config.kafka.kafka_alerts_topic = format!("test.balance_alerts.{id}");
     })

@@ -187,7 +187,7 @@ async fn a_reserve_is_traced_from_the_caller_through_the_store_to_the_publisher_
     let db = billing_testkit::TestDb::new().await;
     let app = TestApp::spawn_with(db, |config| {
         config.roles.push(billing_server::Role::Publisher);
-        config.kafka.kafka_brokers = Some(brokers);
+        config.kafka.security.kafka_brokers = Some(brokers);
         config.kafka.kafka_topic = format!("test.account_updated.{id}");
         config.kafka.kafka_alerts_topic = format!("test.balance_alerts.{id}");
     })

@@ -10,6 +10,11 @@
 # --fresh wipes DATADIR first and keeps durability on, with pg_stat_statements
 # loaded: for benchmarks.
 # PostgreSQL refuses to run as root, so as root the server runs as `postgres`.
+#
+# BILLING_PG_SSL_DIR=DIR (start only): DIR holds server.crt and server.key;
+# they are copied into the data directory, the server gets `ssl = on`, and
+# pg_hba.conf accepts TCP connections over TLS only (hostssl lines, no host
+# lines), so a plaintext client is refused. For the TLS tests.
 set -euo pipefail
 
 die() { echo "pg.sh: $*" >&2; exit 1; }
@@ -104,6 +109,28 @@ case "$cmd" in
           echo "checkpoint_timeout = 1h"
         fi
       } >> "$datadir/postgresql.conf"
+    fi
+    if [ -n "${BILLING_PG_SSL_DIR:-}" ]; then
+      for f in server.crt server.key; do
+        [ -f "$BILLING_PG_SSL_DIR/$f" ] || die "BILLING_PG_SSL_DIR: no $f in $BILLING_PG_SSL_DIR"
+        cp "$BILLING_PG_SSL_DIR/$f" "$datadir/$f"
+        [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$datadir/$f"
+        chmod 600 "$datadir/$f"
+      done
+      {
+        echo "ssl = on"
+        echo "ssl_cert_file = 'server.crt'"
+        echo "ssl_key_file = 'server.key'"
+      } > "$datadir/ssl.conf"
+      grep -qx "include_if_exists = 'ssl.conf'" "$datadir/postgresql.conf" \
+        || echo "include_if_exists = 'ssl.conf'" >> "$datadir/postgresql.conf"
+      {
+        echo "# pg.sh (BILLING_PG_SSL_DIR): TCP over TLS only."
+        echo "local all all trust"
+        echo "hostssl all all 127.0.0.1/32 trust"
+        echo "hostssl all all ::1/128 trust"
+      } > "$datadir/pg_hba.conf"
+      [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$datadir/ssl.conf" "$datadir/pg_hba.conf"
     fi
     if ! as_owner "$bin/pg_ctl" -D "$datadir" status >/dev/null 2>&1; then
       as_owner "$bin/pg_ctl" -D "$datadir" -o "-p $port" -l "$datadir/server.log" -w -t 60 start >/dev/null \

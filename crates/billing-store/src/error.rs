@@ -48,7 +48,9 @@ impl From<tokio_postgres::Error> for StoreError {
             || (e.code().is_none()
                 && std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>()));
         if unavailable {
-            Self::Unavailable(e.to_string())
+            // With its causes: tokio-postgres's own message is only the
+            // kind of failure ("error connecting to server").
+            Self::Unavailable(crate::connect::describe(&e))
         } else {
             Self::Database(e)
         }

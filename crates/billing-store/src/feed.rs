@@ -262,7 +262,7 @@ impl Store {
     /// connection of its own: it ends when that connection does (a crashed
     /// holder's lease ends with it), and the checkpoint only moves through it.
     pub async fn acquire_lease(&self, name: &str) -> Result<Option<Lease>, StoreError> {
-        let (client, connection) = self.config.connect(tokio_postgres::NoTls).await?;
+        let (client, connection) = self.connector.connect().await?;
         let driver = tokio::spawn(async move {
             let _ = connection.await;
         });

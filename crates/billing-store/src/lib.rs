@@ -23,12 +23,17 @@
 //! - [`FeedWakeup`] wakes a feed reader when events are appended, and
 //!   keeps quiet while it is busy.
 //! - [`migrate`] applies the embedded migrations.
+//! - [`connect`]: every connection (pool, writers, `LISTEN`, probes, leases)
+//!   is made by one [`Connector`], which reads libpq's TLS parameters
+//!   (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`...) from the database
+//!   URL and verifies the server as libpq does.
 
 #![forbid(unsafe_code)]
 
 mod batch;
 pub mod chain;
 mod command;
+pub mod connect;
 mod document;
 mod error;
 mod feed;
@@ -52,9 +57,9 @@ use std::sync::{Arc, OnceLock};
 use billing_domain::RateTable;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
 
 pub use command::Answer;
+pub use connect::{Connector, SslMode};
 pub use error::StoreError;
 pub use feed::{Cursor, Lease, MAX_CAUSES, StoredEvent, causes};
 pub use migrate::{MIGRATIONS, migrate};
@@ -126,8 +131,9 @@ fn micros(clock: &Clock) -> DateTime<Utc> {
 pub struct Store {
     /// Connections for commands and reads.
     pool: Pool,
-    /// For connections of their own (LISTEN).
-    config: tokio_postgres::Config,
+    /// For connections of their own (LISTEN, writers, probes, leases): the
+    /// same configuration and TLS connector as the pool's.
+    connector: Connector,
     /// Rates for new charges; each charge records the rate it used.
     rates: Arc<RateTable>,
     /// Where "now" comes from.
@@ -151,18 +157,27 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// A store over a pool of at most `pool_size` connections to
-    /// `database_url`. Connects lazily.
+    /// `database_url`, a libpq connection string whose TLS parameters
+    /// (`sslmode`, `sslrootcert`...) are honoured as libpq does (see
+    /// [`connect`]). Connects lazily; reads the certificate files now.
     pub fn connect(
         database_url: &str,
         pool_size: usize,
         rates: RateTable,
     ) -> Result<Self, StoreError> {
-        let config: tokio_postgres::Config = database_url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| StoreError::Config(e.to_string()))?;
+        Self::with_connector(Connector::new(database_url)?, pool_size, rates)
+    }
+
+    /// A store over a pool of at most `pool_size` connections made by
+    /// `connector`. Connects lazily.
+    pub fn with_connector(
+        connector: Connector,
+        pool_size: usize,
+        rates: RateTable,
+    ) -> Result<Self, StoreError> {
         let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
+            connector.config().clone(),
+            connector.tls().clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -176,7 +191,7 @@ impl Store {
             .map_err(|e| StoreError::Config(e.to_string()))?;
         Ok(Self {
             pool,
-            config,
+            connector,
             rates: Arc::new(rates),
             clock: Arc::new(Utc::now),
             writer_count: DEFAULT_WRITERS,
@@ -205,7 +220,7 @@ impl Store {
             writer::Writers::start(
                 self.writer_count,
                 Arc::new(writer::Shared {
-                    config: self.config.clone(),
+                    connector: self.connector.clone(),
                     rates: self.rates.clone(),
                     clock: self.clock.clone(),
                     routes: self.routes.clone(),
@@ -238,7 +253,7 @@ impl Store {
 
     /// A health probe on a connection of its own (see [`DatabaseProbe`]).
     pub fn database_probe(&self) -> DatabaseProbe {
-        DatabaseProbe::new(self.config.clone())
+        DatabaseProbe::new(self.connector.clone())
     }
 
     /// The connection pool's state now, for metrics.

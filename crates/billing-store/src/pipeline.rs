@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Row, Statement};
+use tokio_postgres::{Client, Row, Statement};
 use uuid::Uuid;
 
 use crate::batch::Writes;
@@ -347,8 +347,8 @@ pub(crate) struct Statements {
 }
 
 impl Connection {
-    pub(crate) async fn open(config: &tokio_postgres::Config) -> Result<Self, StoreError> {
-        let connect = config.connect(NoTls);
+    pub(crate) async fn open(connector: &crate::Connector) -> Result<Self, StoreError> {
+        let connect = connector.connect();
         let (client, connection) = tokio::time::timeout(Duration::from_secs(5), connect)
             .await
             .map_err(|_| {

@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
-use crate::StoreError;
+use crate::{Connector, StoreError};
 
 /// Asks the database `SELECT 1`, reconnecting after any failure.
 pub struct DatabaseProbe {
-    config: tokio_postgres::Config,
+    connector: Connector,
     /// The probe's connection, opened on first use and after a failure.
     client: Option<Client>,
 }
@@ -24,9 +24,9 @@ impl std::fmt::Debug for DatabaseProbe {
 }
 
 impl DatabaseProbe {
-    pub(crate) fn new(config: tokio_postgres::Config) -> Self {
+    pub(crate) fn new(connector: Connector) -> Self {
         Self {
-            config,
+            connector,
             client: None,
         }
     }
@@ -50,7 +50,7 @@ impl DatabaseProbe {
         let client = match self.client.take() {
             Some(client) if !client.is_closed() => client,
             _ => {
-                let (client, connection) = self.config.connect(NoTls).await?;
+                let (client, connection) = self.connector.connect().await?;
                 tokio::spawn(async move {
                     let _ = connection.await;
                 });

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use tokio::sync::{Notify, watch};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use crate::{Store, StoreError};
 
@@ -116,7 +116,7 @@ impl Store {
         wakeup: &Arc<Notify>,
         wanted: &mut watch::Receiver<bool>,
     ) -> Result<(), StoreError> {
-        let (client, mut connection) = self.config.connect(NoTls).await?;
+        let (client, mut connection) = self.connector.connect().await?;
         let notified = wakeup.clone();
         // Drives the connection (statements make progress only while it is
         // polled) and passes notifications on.

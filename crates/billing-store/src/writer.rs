@@ -81,7 +81,7 @@ pub(crate) struct Job {
 
 /// What every writer needs from the store.
 pub(crate) struct Shared {
-    pub config: tokio_postgres::Config,
+    pub connector: crate::Connector,
     pub rates: Arc<RateTable>,
     pub clock: Clock,
     pub routes: Arc<Routes>,
@@ -363,7 +363,7 @@ impl Writer {
             self.connection = None;
         }
         if self.connection.is_none() {
-            self.connection = Some(Arc::new(Connection::open(&self.shared.config).await?));
+            self.connection = Some(Arc::new(Connection::open(&self.shared.connector).await?));
         }
         Ok(())
     }

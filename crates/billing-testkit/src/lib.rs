@@ -8,8 +8,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod pki;
+
+use billing_store::Connector;
 use sha2::{Digest, Sha256};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 /// The environment variable naming the test server's maintenance database.
 pub const DATABASE_URL_VAR: &str = "BILLING_TEST_DATABASE_URL";
@@ -56,10 +59,17 @@ pub fn with_database(url: &str, database: &str) -> String {
     }
 }
 
+/// A connection to `url`, with the TLS its parameters ask for (the store's
+/// own [`Connector`]).
 async fn connect(url: &str) -> Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
+    let (client, connection) = async { Connector::new(url)?.connect().await.map_err(Into::into) }
         .await
-        .unwrap_or_else(|e| panic!("cannot connect to the test PostgreSQL at {url}: {e}"));
+        .unwrap_or_else(|e: billing_store::StoreError| {
+            panic!(
+                "cannot connect to the test PostgreSQL at {}: {e}",
+                billing_store::connect::redact(url)
+            )
+        });
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -168,7 +178,10 @@ impl Drop for TestDb {
                 return;
             };
             runtime.block_on(async {
-                if let Ok((client, connection)) = tokio_postgres::connect(&admin_url, NoTls).await {
+                let Ok(connector) = Connector::new(&admin_url) else {
+                    return;
+                };
+                if let Ok((client, connection)) = connector.connect().await {
                     tokio::spawn(connection);
                     let _ = client
                         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))

@@ -19,10 +19,27 @@ ARG RUST_VERSION=1.95
 # (musl's resolver reads /etc/hosts and /etc/resolv.conf, which the container
 # runtime provides). librdkafka and zlib are compiled from their crates'
 # vendored sources: they need a C toolchain, make, bash and perl.
+#
+# TLS: gRPC, PostgreSQL and the JWKS fetch use rustls (on ring, compiled by
+# the C toolchain above). Only librdkafka needs OpenSSL: its `ssl` feature
+# (Kafka over TLS, SASL SCRAM) is built on it, through the openssl-sys crate.
+# Alpine's openssl-dev has the headers, openssl-libs-static the libssl.a and
+# libcrypto.a archives, pkgconf the pkg-config librdkafka's configure script
+# asks about libssl.
 FROM rust:${RUST_VERSION}-alpine AS build
-RUN apk add --no-cache build-base bash perl linux-headers ca-certificates
+RUN apk add --no-cache build-base bash perl linux-headers ca-certificates \
+        openssl-dev openssl-libs-static pkgconf
 # zlib from source, linked in statically (never the image's libz.so).
 ENV LIBZ_SYS_STATIC=1
+# OpenSSL from those archives, linked in statically: without OPENSSL_STATIC,
+# openssl-sys links libssl.so/libcrypto.so, and the build below refuses the
+# dynamically linked result (the runtime image has no shared libraries). The
+# directories are named so that openssl-sys takes Alpine's own OpenSSL as it
+# is, without asking pkg-config (whose answer for a static link varies with
+# the .pc files).
+ENV OPENSSL_STATIC=1 \
+    OPENSSL_LIB_DIR=/usr/lib \
+    OPENSSL_INCLUDE_DIR=/usr/include
 WORKDIR /src
 # Only what the build reads (.dockerignore keeps the rest out of the context).
 COPY Cargo.toml Cargo.lock ./
@@ -41,8 +58,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
        fi \
     && /billing --version
 
-# The runtime: nothing but the binary and the CA certificates (for any TLS
-# peer, such as an OTLP collector behind https).
+# The runtime: nothing but the binary and the CA certificates: the roots any
+# TLS peer is checked against when no CA file is named (an OTLP collector
+# behind https, a JWKS URL, PostgreSQL with sslrootcert=system, Kafka brokers
+# without BILLING_KAFKA_SSL_CA_LOCATION). Certificates, keys and secrets are
+# mounted at run time (docker-compose.yml, helm/billing), never built in.
 FROM scratch
 COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=build /billing /usr/local/bin/billing

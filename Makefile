@@ -1,5 +1,5 @@
 # The commands a developer and CI use. See README.md.
-.PHONY: run test bench lint fmt check
+.PHONY: run test bench bench-tls lint fmt check
 
 # Start PostgreSQL (unless BILLING_DATABASE_URL is set), migrate, and serve
 # gRPC on 127.0.0.1:50051 (BILLING_GRPC_ADDR). Ctrl-C stops everything.
@@ -14,6 +14,11 @@ test:
 # swept over concurrency and account distribution. See BENCHMARKS.md.
 bench:
 	scripts/bench.sh
+
+# What TLS costs: the service with gRPC over TLS and PostgreSQL with
+# sslmode=verify-full, side by side with plaintext. See BENCHMARKS.md.
+bench-tls:
+	scripts/bench-tls.sh
 
 # Formatting and lints, as CI checks them.
 lint:

@@ -323,7 +323,10 @@ mod tests {
             security_protocol: SecurityProtocol::SaslSsl,
             sasl: Some(sasl()),
             ssl_ca_location: Some("/etc/kafka/ca.pem".to_owned()),
-            extra: vec![("ssl.endpoint.identification.algorithm".into(), "none".into())],
+            extra: vec![(
+                "ssl.endpoint.identification.algorithm".into(),
+                "none".into(),
+            )],
             ..KafkaConnection::plaintext("b1:9093,b2:9093")
         };
         connection.validate().unwrap();
@@ -359,7 +362,10 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("USERNAME"));
         c.security_protocol = SecurityProtocol::Plaintext;
         c.sasl = Some(sasl());
-        assert!(c.validate().is_err(), "credentials over no SASL are a mistake");
+        assert!(
+            c.validate().is_err(),
+            "credentials over no SASL are a mistake"
+        );
         c.sasl = None;
         c.ssl_ca_location = Some("ca.pem".into());
         assert!(c.validate().is_err(), "a CA without TLS is a mistake");

@@ -95,7 +95,10 @@ mod tests {
         std::fs::write(dir.join("secret"), "hunter2\n").unwrap();
         let given = Secret::new("direct");
         assert_eq!(
-            Secret::resolve(Some(&given), None).unwrap().unwrap().expose(),
+            Secret::resolve(Some(&given), None)
+                .unwrap()
+                .unwrap()
+                .expose(),
             "direct"
         );
         assert_eq!(

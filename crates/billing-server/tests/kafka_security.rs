@@ -317,7 +317,12 @@ async fn the_publisher_delivers_through_a_tls_listener_and_a_plaintext_client_ge
     };
     let db2 = billing_testkit::TestDb::new().await;
     let wary = run(&db2.url, args(&distrusting, None), &topic).await;
-    wait_for_health(wary.addr, ServingStatus::NotServing, Duration::from_secs(20)).await;
+    wait_for_health(
+        wary.addr,
+        ServingStatus::NotServing,
+        Duration::from_secs(20),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -344,7 +349,12 @@ async fn sasl_scram_over_tls_delivers_and_wrong_credentials_hold_events_back_unt
     // while the API goes on taking changes.
     let expected = {
         let server = run(&db.url, args(&wrong, None), &topic).await;
-        wait_for_health(server.addr, ServingStatus::NotServing, Duration::from_secs(20)).await;
+        wait_for_health(
+            server.addr,
+            ServingStatus::NotServing,
+            Duration::from_secs(20),
+        )
+        .await;
         let expected = traffic(server.addr).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let lag = billing_store::Store::connect(&db.url, 1, Default::default())

@@ -13,6 +13,7 @@
 mod measure;
 mod report;
 mod run;
+mod tls;
 
 use clap::{Parser, Subcommand};
 
@@ -29,7 +30,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Drive the service and write the measurements as JSON.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Print one table from the JSON files in a directory.
     Report {
         /// The directory of run and baseline JSON files.
@@ -40,7 +41,7 @@ enum Cmd {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::Run(args) => run::run(args).await,
+        Cmd::Run(args) => run::run(*args).await,
         Cmd::Report { dir } => report::report(&dir),
     }
 }

@@ -19,9 +19,12 @@ use crate::measure::{self, LagReport, Latency, Process, ProcessCpu, Second, Tall
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct RunArgs {
-    /// The service's gRPC address.
+    /// The service's gRPC address (`https://host:port` for TLS).
     #[arg(long, default_value = "127.0.0.1:50051")]
     addr: String,
+    /// TLS for an https:// address.
+    #[command(flatten)]
+    tls: crate::tls::ClientTlsArgs,
     /// The service's HS256 secret, to mint an admin token (set-up) and a
     /// service token (the load).
     #[arg(long, env = "BILLING_JWT_SECRET")]
@@ -99,14 +102,19 @@ impl Interceptor for Bearer {
     }
 }
 
-async fn channel(addr: &str) -> anyhow::Result<Channel> {
-    Channel::from_shared(format!("http://{addr}"))?
+async fn channel(addr: &str, tls: &crate::tls::ClientTlsArgs) -> anyhow::Result<Channel> {
+    crate::tls::endpoint(addr, tls)?
         .connect()
         .await
         .with_context(|| format!("connecting to {addr}"))
 }
 
-async fn client(addr: &str, secret: &str, role: &str) -> anyhow::Result<Client> {
+async fn client(
+    addr: &str,
+    tls: &crate::tls::ClientTlsArgs,
+    secret: &str,
+    role: &str,
+) -> anyhow::Result<Client> {
     let token = billing_api::auth::mint_hs256(
         secret.as_bytes(),
         "billing-load",
@@ -118,7 +126,7 @@ async fn client(addr: &str, secret: &str, role: &str) -> anyhow::Result<Client> 
     )
     .map_err(|e| anyhow::anyhow!(e))?;
     Ok(BillingServiceClient::with_interceptor(
-        channel(addr).await?,
+        channel(addr, tls).await?,
         Bearer(format!("Bearer {token}").parse()?),
     ))
 }
@@ -173,7 +181,13 @@ pub struct RunReport {
 /// Creates the load's accounts, many at a time, each with ample credit.
 async fn setup(args: &RunArgs) -> anyhow::Result<Vec<String>> {
     use futures::StreamExt;
-    let admin = client(&args.addr, &args.jwt_secret, "project_super_admin").await?;
+    let admin = client(
+        &args.addr,
+        &args.tls,
+        &args.jwt_secret,
+        "project_super_admin",
+    )
+    .await?;
     let accounts = futures::stream::iter(0..args.accounts.max(1))
         .map(|n| {
             let mut admin = admin.clone();
@@ -309,7 +323,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
-        channels.push(channel(&args.addr).await?);
+        channels.push(channel(&args.addr, &args.tls).await?);
     }
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(args.warmup_s);

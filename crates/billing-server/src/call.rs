@@ -16,10 +16,19 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
+use crate::tls::ClientTlsArgs;
+
 const SERVICE: &str = "billing.v1.BillingService";
 
-/// Calls `method` at `addr` with `json`; prints the reply, or the error.
-pub async fn run(addr: &str, token: Option<&str>, method: &str, json: &str) -> anyhow::Result<()> {
+/// Calls `method` at `addr` (over TLS for `https://`, as `tls` says) with
+/// `json`; prints the reply, or the error.
+pub async fn run(
+    addr: &str,
+    tls: &ClientTlsArgs,
+    token: Option<&str>,
+    method: &str,
+    json: &str,
+) -> anyhow::Result<()> {
     let pool = DescriptorPool::decode(billing_proto::v1::FILE_DESCRIPTOR_SET)?;
     let service = pool
         .get_service_by_name(SERVICE)
@@ -32,12 +41,7 @@ pub async fn run(addr: &str, token: Option<&str>, method: &str, json: &str) -> a
     let request = DynamicMessage::deserialize(rpc.input(), &mut json_in)
         .with_context(|| format!("the request is not a {}", rpc.input().full_name()))?;
 
-    let uri = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
-    let channel = tonic::transport::Endpoint::from_shared(uri)?
+    let channel = crate::tls::client::endpoint(addr, tls)?
         .connect()
         .await
         .with_context(|| format!("connecting to {addr}"))?;

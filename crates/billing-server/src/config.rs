@@ -197,6 +197,9 @@ pub struct ServeConfig {
     pub health_interval_ms: u64,
     #[command(flatten)]
     pub traces: crate::telemetry::TraceArgs,
+    /// gRPC over TLS (BILLING_TLS_*); plaintext when unset.
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
     /// The roles this process runs.
     #[arg(
         long,
@@ -249,6 +252,7 @@ impl ServeConfig {
             metrics_addr: None,
             health_interval_ms: 200,
             traces: crate::telemetry::TraceArgs::default(),
+            tls: crate::tls::TlsArgs::default(),
             roles: vec![Role::Api, Role::Sweeper, Role::Projector],
             rate_table: None,
             sweep_interval_ms: 200,

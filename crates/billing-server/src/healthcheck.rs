@@ -6,16 +6,22 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tonic::transport::Endpoint;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-/// Asks `addr` (`host:port`) about `service`, within `timeout`. `Ok` when it
-/// is SERVING; otherwise an error saying what it is (exit status 1).
-pub async fn run(addr: &str, service: &str, timeout: Duration) -> anyhow::Result<()> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .with_context(|| format!("bad address {addr}"))?
+use crate::tls::ClientTlsArgs;
+
+/// Asks `addr` (`host:port`, or `https://host:port` for TLS as `tls` says)
+/// about `service`, within `timeout`. `Ok` when it is SERVING; otherwise an
+/// error saying what it is (exit status 1).
+pub async fn run(
+    addr: &str,
+    tls: &ClientTlsArgs,
+    service: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let endpoint = crate::tls::client::endpoint(addr, tls)?
         .connect_timeout(timeout)
         .timeout(timeout);
     let channel = endpoint

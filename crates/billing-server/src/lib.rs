@@ -14,6 +14,8 @@
 //!   lives in `billing-publisher`.
 //! - [`call`]: `billing call`, a JSON client for trying the API.
 //! - [`admin`]: `billing admin`, an operator's commands over the API.
+//! - [`tls`]: gRPC over TLS, the server's reloading certificate and the
+//!   clients' `https://` addresses.
 //! - [`rebuild`]: `billing rebuild`, with progress.
 //! - [`verify`]: `billing verify`, the hash chains checked; [`digest`]: the
 //!   sweeper's periodic digest of their heads.
@@ -31,6 +33,7 @@ pub mod projector;
 pub mod rebuild;
 pub mod sweeper;
 pub mod telemetry;
+pub mod tls;
 pub mod verify;
 
 use std::net::SocketAddr;
@@ -54,6 +57,8 @@ pub struct Application {
     /// The gRPC socket (the API with its role, health and reflection in any
     /// case), bound in `build`, so its port is known before `run`.
     grpc: Option<TcpListener>,
+    /// TLS on the gRPC socket, when configured; plaintext otherwise.
+    tls: Option<tls::ServerTls>,
     /// The API's token verifier, when this process runs the API.
     authenticator: Option<Authenticator>,
     /// The metrics port and the recorder it renders, when metrics are on.
@@ -68,6 +73,8 @@ impl Application {
     /// Connects the store, migrates when configured, and binds the gRPC and
     /// metrics ports.
     pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
+        // Unreadable certificates fail the start, before anything else.
+        let tls = tls::ServerTls::load(&config.tls).context("the gRPC TLS settings")?;
         let metrics = match config.metrics_addr {
             Some(addr) => Some((metrics::bind(addr).await?, metrics::install()?)),
             None => None,
@@ -102,6 +109,7 @@ impl Application {
         };
         Ok(Self {
             grpc,
+            tls,
             authenticator,
             metrics,
             publisher,
@@ -187,6 +195,7 @@ impl Application {
                 };
                 Some(serve_grpc(
                     listener,
+                    self.tls,
                     self.authenticator,
                     monitor,
                     self.store.clone(),
@@ -218,6 +227,7 @@ impl Application {
 /// and auth layers.
 async fn serve_grpc(
     listener: TcpListener,
+    tls: Option<tls::ServerTls>,
     authenticator: Option<Authenticator>,
     monitor: health::Monitor,
     store: Store,
@@ -242,19 +252,36 @@ async fn serve_grpc(
             ),
         )
     });
+    let over = match &tls {
+        None => "plaintext",
+        Some(tls) if tls.mutual() => "TLS with client certificates",
+        Some(_) => "TLS",
+    };
     match &api {
-        Some(_) => tracing::info!(%addr, "started the API: gRPC on {addr}"),
-        None => tracing::info!(%addr, "gRPC health on {addr}"),
+        Some(_) => tracing::info!(%addr, over, "started the API: gRPC on {addr}"),
+        None => tracing::info!(%addr, over, "gRPC health on {addr}"),
     }
-    billing_api::edge::transport()
+    let router = billing_api::edge::transport()
         .add_service(health_service)
         .add_service(reflection)
-        .add_optional_service(api)
-        .serve_with_incoming_shutdown(incoming(listener), async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
-        })
-        .await
-        .context("serving gRPC")
+        .add_optional_service(api);
+    let shutdown = async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+    match tls {
+        None => {
+            router
+                .serve_with_incoming_shutdown(incoming(listener), shutdown)
+                .await
+        }
+        // Handshakes happen off the accept loop; tonic gets finished streams.
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(tls.incoming(listener), shutdown)
+                .await
+        }
+    }
+    .context("serving gRPC")
 }
 
 /// The listener's connections with Nagle's algorithm off. Served from our

@@ -99,6 +99,9 @@ enum Cmd {
         /// A bearer token to send.
         #[arg(long, env = "BILLING_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// TLS for an https:// address.
+        #[command(flatten)]
+        tls: billing_server::tls::ClientTlsArgs,
     },
     /// Exit 0 if a running process reports SERVING on gRPC health, else 1
     /// (for container health checks).
@@ -113,6 +116,9 @@ enum Cmd {
         /// How long to wait for an answer.
         #[arg(long, default_value_t = 3)]
         timeout_seconds: u64,
+        /// TLS for an https:// address.
+        #[command(flatten)]
+        tls: billing_server::tls::ClientTlsArgs,
     },
 }
 
@@ -138,9 +144,10 @@ async fn main() -> anyhow::Result<()> {
             addr,
             service,
             timeout_seconds,
+            tls,
         } => {
             let timeout = std::time::Duration::from_secs(timeout_seconds);
-            billing_server::healthcheck::run(&addr, &service, timeout).await
+            billing_server::healthcheck::run(&addr, &tls, &service, timeout).await
         }
         Cmd::Migrate(db) => {
             let store = connect(&db)?;
@@ -153,7 +160,8 @@ async fn main() -> anyhow::Result<()> {
             json,
             addr,
             token,
-        } => billing_server::call::run(&addr, token.as_deref(), &method, &json).await,
+            tls,
+        } => billing_server::call::run(&addr, &tls, token.as_deref(), &method, &json).await,
         Cmd::Admin(args) => billing_server::admin::run(args).await,
         Cmd::Rebuild(db) => billing_server::rebuild::run(&connect(&db)?).await,
         Cmd::Verify { account, db } => {

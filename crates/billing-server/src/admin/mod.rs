@@ -38,6 +38,9 @@ pub struct AdminArgs {
     /// Print the API's JSON (proto field names) instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// TLS for an https:// address.
+    #[command(flatten)]
+    tls: crate::tls::ClientTlsArgs,
     #[command(subcommand)]
     command: AdminCommand,
 }
@@ -189,9 +192,10 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         addr,
         token,
         json,
+        tls,
         command,
     } = args;
-    let mut client = connect(&addr, token.as_deref()).await?;
+    let mut client = connect(&addr, &tls, token.as_deref()).await?;
     let out = view::Output { json };
     let result = match command {
         AdminCommand::Accounts {
@@ -313,13 +317,12 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn connect(addr: &str, token: Option<&str>) -> anyhow::Result<Client> {
-    let uri = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
-    let channel = Channel::from_shared(uri)?
+async fn connect(
+    addr: &str,
+    tls: &crate::tls::ClientTlsArgs,
+    token: Option<&str>,
+) -> anyhow::Result<Client> {
+    let channel = crate::tls::client::endpoint(addr, tls)?
         .connect()
         .await
         .with_context(|| format!("connecting to {addr}"))?;

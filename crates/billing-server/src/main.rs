@@ -72,8 +72,10 @@ enum Cmd {
     /// Print every balance change on the Kafka topic once, in order
     /// (deduplicated by account and version), until interrupted.
     Tail {
-        #[arg(long, env = "BILLING_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-        brokers: String,
+        /// The brokers and how to reach them (TLS, SASL), as for the
+        /// publisher; BILLING_KAFKA_BROKERS defaults to 127.0.0.1:9092 here.
+        #[command(flatten)]
+        kafka: billing_server::config::KafkaSecurityArgs,
         #[arg(
             long,
             env = "BILLING_KAFKA_TOPIC",
@@ -209,9 +211,13 @@ async fn main() -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
-        Cmd::Tail { brokers, topic } => {
+        Cmd::Tail { mut kafka, topic } => {
+            kafka
+                .kafka_brokers
+                .get_or_insert_with(|| "127.0.0.1:9092".to_owned());
+            let connection = kafka.connection()?.expect("brokers are set just above");
             tokio::select! {
-                result = billing_publisher::tail::run(&brokers, &topic) => Ok(result?),
+                result = billing_publisher::tail::run(&connection, &topic) => Ok(result?),
                 () = shutdown_signal() => Ok(()),
             }
         }
@@ -224,7 +230,7 @@ async fn main() -> anyhow::Result<()> {
 
 fn connect(db: &DatabaseArgs) -> anyhow::Result<billing_store::Store> {
     Ok(billing_store::Store::connect(
-        db.database_url.expose(),
+        db.url()?.expose(),
         2,
         billing_domain::RateTable::default(),
     )?)

@@ -3,6 +3,17 @@
 //! (deny by default), and hands the handlers a [`Principal`]. Handlers that a
 //! customer admin may call check ownership with [`Principal::may_access`],
 //! against the account's stored customer, never a field of the request.
+//!
+//! Tokens are verified with configured keys ([`VerifyingKey`]: an HS256
+//! secret, RS256, ES256 or EdDSA public keys, by key id for rotation by
+//! hand) and with an identity provider's keys (`jwks`: fetched, refreshed,
+//! and fetched again, rate-limited, for a key id not seen yet). Each key
+//! pins its one algorithm (`keys`). A verified token is remembered, so the
+//! next call with it costs a lookup; it is checked again once its time
+//! bounds or its key are gone.
+
+mod jwks;
+mod keys;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -11,13 +22,18 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use billing_store::Actor;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, Validation};
 use lru::LruCache;
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use uuid::Uuid;
+
+use self::jwks::Jwks;
+pub use self::jwks::JwksConfig;
+use self::keys::Key;
+pub use self::keys::VerifyingKey;
 
 /// Who may do what.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -138,43 +154,137 @@ pub struct Claims {
     pub aud: Option<String>,
 }
 
-/// The key tokens are verified with; it pins the one accepted algorithm.
-#[derive(Clone)]
-pub enum VerifyingKey {
-    /// A shared secret (HS256).
-    Hs256(Vec<u8>),
-    /// An RSA public key in PEM (RS256).
-    Rs256(Vec<u8>),
-    /// An EC P-256 public key in PEM (ES256).
-    Es256(Vec<u8>),
-}
-
-impl fmt::Debug for VerifyingKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = match self {
-            Self::Hs256(_) => "Hs256",
-            Self::Rs256(_) => "Rs256",
-            Self::Es256(_) => "Es256",
-        };
-        write!(f, "VerifyingKey::{name}(<redacted>)")
-    }
-}
-
 /// Why a token was refused. Never carries the token itself.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct Unauthenticated(&'static str);
 
+/// Why checking a token did not come to a principal.
+enum Refusal {
+    Refused(Unauthenticated),
+    /// The token names a key id the JWKS may bring with a refresh.
+    UnknownKid,
+}
+
+impl From<Unauthenticated> for Refusal {
+    fn from(reason: Unauthenticated) -> Self {
+        Self::Refused(reason)
+    }
+}
+
+impl Refusal {
+    fn reason(self) -> Unauthenticated {
+        match self {
+            Self::Refused(reason) => reason,
+            Self::UnknownKid => UNKNOWN_KID,
+        }
+    }
+}
+
+const UNKNOWN_KID: Unauthenticated =
+    Unauthenticated("the token's key id (kid) names no key this service knows");
+
+/// The keys tokens are verified with: configured ones, and an identity
+/// provider's JWKS.
+///
+/// - A token naming a key id (`kid`) is verified with that key only: a
+///   configured one, else one of the JWKS (refreshed, bounded, when the id
+///   is new). With only the single unnamed key configured (the
+///   `BILLING_JWT_SECRET` or `BILLING_JWT_PUBLIC_KEY` of old) the id is
+///   ignored, as it always was.
+/// - A token naming none is verified with the unnamed key, or with the
+///   only configured key when there is exactly one.
+struct Keys {
+    unnamed: Option<Arc<Key>>,
+    named: jwks::KeyMap,
+    jwks: Option<Arc<Jwks>>,
+}
+
+impl Keys {
+    fn find(&self, kid: Option<&str>) -> Result<Arc<Key>, Refusal> {
+        let Some(kid) = kid else {
+            return match (&self.unnamed, self.named.len()) {
+                (Some(key), _) => Ok(key.clone()),
+                (None, 1) => self
+                    .named
+                    .values()
+                    .next()
+                    .cloned()
+                    .ok_or(Refusal::Refused(UNKNOWN_KID)),
+                _ => Err(Unauthenticated(
+                    "the token names no key id (kid), and this service has no single key for such tokens",
+                )
+                .into()),
+            };
+        };
+        if let Some(key) = self.named.get(kid) {
+            return Ok(key.clone());
+        }
+        match (&self.jwks, &self.unnamed) {
+            (Some(jwks), _) => jwks.get(kid).ok_or(Refusal::UnknownKid),
+            (None, Some(key)) if self.named.is_empty() => Ok(key.clone()),
+            (None, _) => Err(UNKNOWN_KID.into()),
+        }
+    }
+
+    /// Changes when keys are withdrawn or replaced.
+    fn generation(&self) -> u64 {
+        self.jwks.as_ref().map_or(0, |jwks| jwks.generation())
+    }
+}
+
+/// The claim rules, one per accepted algorithm: each accepts that one
+/// algorithm only (never `none`, never a switch).
+struct Validations(Vec<(Algorithm, Validation)>);
+
+impl Validations {
+    fn new(issuer: Option<&str>, audience: Option<&str>) -> Self {
+        let rules = [
+            Algorithm::HS256,
+            Algorithm::RS256,
+            Algorithm::ES256,
+            Algorithm::EdDSA,
+        ]
+        .into_iter()
+        .map(|algorithm| {
+            let mut validation = Validation::new(algorithm);
+            validation.leeway = LEEWAY_SECONDS;
+            validation.validate_nbf = true;
+            validation.required_spec_claims = HashSet::from(["exp".to_owned(), "sub".to_owned()]);
+            validation.validate_aud = false;
+            if let Some(issuer) = issuer {
+                validation.set_issuer(&[issuer]);
+                validation.required_spec_claims.insert("iss".to_owned());
+            }
+            if let Some(audience) = audience {
+                validation.set_audience(&[audience]);
+                validation.validate_aud = true;
+                validation.required_spec_claims.insert("aud".to_owned());
+            }
+            (algorithm, validation)
+        })
+        .collect();
+        Self(rules)
+    }
+
+    fn of(&self, algorithm: Algorithm) -> Option<&Validation> {
+        self.0
+            .iter()
+            .find_map(|(a, v)| (*a == algorithm).then_some(v))
+    }
+}
+
 /// Verifies bearer tokens.
 #[derive(Clone)]
 pub struct Authenticator {
-    key: DecodingKey,
-    validation: Validation,
+    keys: Arc<Keys>,
+    validations: Arc<Validations>,
     /// Tokens verified recently. Call control sends the same token on every
     /// call, and checking its signature and claims each time was a seventh
     /// of the service's CPU. A remembered token is only as good as its
-    /// claims: `exp` and `nbf` are checked again on every use.
-    verified: Arc<Mutex<LruCache<String, Verified>>>,
+    /// claims: `exp` and `nbf` are checked again on every use, and it is
+    /// verified again once a key of the JWKS is withdrawn or replaced.
+    verified: Arc<Mutex<LruCache<String, Remembered>>>,
 }
 
 /// A token that passed verification, and the times that bound it.
@@ -183,6 +293,12 @@ struct Verified {
     principal: Principal,
     exp: u64,
     nbf: Option<u64>,
+}
+
+/// A verified token, and the key generation it was verified under.
+struct Remembered {
+    verified: Verified,
+    generation: u64,
 }
 
 impl Verified {
@@ -198,8 +314,16 @@ const VERIFIED_TOKENS: usize = 4_096;
 
 impl fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut algorithms: Vec<Algorithm> = Vec::new();
+        for key in self.keys.unnamed.iter().chain(self.keys.named.values()) {
+            if !algorithms.contains(&key.algorithm) {
+                algorithms.push(key.algorithm);
+            }
+        }
         f.debug_struct("Authenticator")
-            .field("algorithms", &self.validation.algorithms)
+            .field("algorithms", &algorithms)
+            .field("key_ids", &self.keys.named.keys().collect::<Vec<_>>())
+            .field("jwks", &self.keys.jwks.as_ref().map(|jwks| jwks.shown()))
             .finish_non_exhaustive()
     }
 }
@@ -207,68 +331,186 @@ impl fmt::Debug for Authenticator {
 /// Seconds of clock skew tolerated on `exp` and `nbf`.
 const LEEWAY_SECONDS: u64 = 30;
 
-impl Authenticator {
-    pub fn new(
-        key: &VerifyingKey,
-        issuer: Option<&str>,
-        audience: Option<&str>,
-    ) -> Result<Self, String> {
-        let (key, algorithm) = match key {
-            VerifyingKey::Hs256(secret) if secret.len() < 16 => {
-                return Err("the JWT secret must be at least 16 bytes".to_owned());
-            }
-            VerifyingKey::Hs256(secret) => (DecodingKey::from_secret(secret), Algorithm::HS256),
-            VerifyingKey::Rs256(pem) => (
-                DecodingKey::from_rsa_pem(pem).map_err(|e| format!("the RSA public key: {e}"))?,
-                Algorithm::RS256,
-            ),
-            VerifyingKey::Es256(pem) => (
-                DecodingKey::from_ec_pem(pem).map_err(|e| format!("the EC public key: {e}"))?,
-                Algorithm::ES256,
-            ),
+/// The keys an [`Authenticator`] verifies with, gathered before it starts.
+#[derive(Debug, Default)]
+pub struct AuthenticatorBuilder {
+    issuer: Option<String>,
+    audience: Option<String>,
+    unnamed: Option<VerifyingKey>,
+    named: Vec<(String, VerifyingKey)>,
+    jwks: Option<JwksConfig>,
+}
+
+impl AuthenticatorBuilder {
+    /// The key of tokens that name no key id (`kid`).
+    pub fn key(mut self, key: VerifyingKey) -> Self {
+        self.unnamed = Some(key);
+        self
+    }
+
+    /// A key for tokens whose header names `kid`.
+    pub fn named_key(mut self, kid: impl Into<String>, key: VerifyingKey) -> Self {
+        self.named.push((kid.into(), key));
+        self
+    }
+
+    /// The keys of an identity provider's JWKS document.
+    pub fn jwks(mut self, config: JwksConfig) -> Self {
+        self.jwks = Some(config);
+        self
+    }
+
+    /// Whether no key at all is configured.
+    pub fn is_empty(&self) -> bool {
+        self.unnamed.is_none() && self.named.is_empty() && self.jwks.is_none()
+    }
+
+    /// An authenticator of configured keys only (no JWKS: see
+    /// [`start`](Self::start)).
+    pub fn build(self) -> Result<Authenticator, String> {
+        if self.jwks.is_some() {
+            return Err("an authenticator with a JWKS is started, not built".to_owned());
+        }
+        self.assemble(None)
+    }
+
+    /// An authenticator, with the first keys of its JWKS when it has one.
+    /// Start-up fails when no key at all can be had: no configured key and
+    /// the JWKS unreachable (or empty) for `startup`. With configured keys
+    /// it starts anyway and keeps fetching in the background.
+    pub async fn start(mut self) -> Result<Authenticator, String> {
+        let Some(config) = self.jwks.take() else {
+            return self.assemble(None);
         };
-        // Exactly one algorithm: no `none`, no switching.
-        let mut validation = Validation::new(algorithm);
-        validation.leeway = LEEWAY_SECONDS;
-        validation.validate_nbf = true;
-        validation.required_spec_claims = HashSet::from(["exp".to_owned(), "sub".to_owned()]);
-        validation.validate_aud = false;
-        if let Some(issuer) = issuer {
-            validation.set_issuer(&[issuer]);
-            validation.required_spec_claims.insert("iss".to_owned());
+        let jwks = Arc::new(Jwks::new(config)?);
+        // Configured keys are checked before anything is fetched.
+        let statics = self.assemble(Some(jwks.clone()))?;
+        if let Err(e) = jwks.start().await {
+            if statics.keys.unnamed.is_none() && statics.keys.named.is_empty() {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, "starting with the configured JWT keys only; the JWKS is fetched again in the background");
         }
-        if let Some(audience) = audience {
-            validation.set_audience(&[audience]);
-            validation.validate_aud = true;
-            validation.required_spec_claims.insert("aud".to_owned());
+        Ok(statics)
+    }
+
+    fn assemble(self, jwks: Option<Arc<Jwks>>) -> Result<Authenticator, String> {
+        if self.unnamed.is_none() && self.named.is_empty() && jwks.is_none() {
+            return Err("no key to verify tokens with".to_owned());
         }
-        Ok(Self {
-            key,
-            validation,
+        let unnamed = self
+            .unnamed
+            .as_ref()
+            .map(Key::new)
+            .transpose()?
+            .map(Arc::new);
+        let mut named = jwks::KeyMap::new();
+        for (kid, key) in &self.named {
+            if kid.is_empty() {
+                return Err("a key id (kid) must not be empty".to_owned());
+            }
+            let key = Key::new(key).map_err(|e| format!("key {kid}: {e}"))?;
+            if named.insert(kid.clone(), Arc::new(key)).is_some() {
+                return Err(format!("key id {kid} is configured twice"));
+            }
+        }
+        Ok(Authenticator {
+            keys: Arc::new(Keys {
+                unnamed,
+                named,
+                jwks,
+            }),
+            validations: Arc::new(Validations::new(
+                self.issuer.as_deref(),
+                self.audience.as_deref(),
+            )),
             verified: Arc::new(Mutex::new(LruCache::new(
                 NonZeroUsize::new(VERIFIED_TOKENS).unwrap_or(NonZeroUsize::MIN),
             ))),
         })
     }
+}
 
-    /// The principal of an `authorization: Bearer <jwt>` header value.
+impl Authenticator {
+    /// An authenticator of one key, for tokens with or without a `kid`.
+    pub fn new(
+        key: &VerifyingKey,
+        issuer: Option<&str>,
+        audience: Option<&str>,
+    ) -> Result<Self, String> {
+        Self::builder(issuer, audience).key(key.clone()).build()
+    }
+
+    /// An authenticator of several keys, or of a JWKS.
+    pub fn builder(issuer: Option<&str>, audience: Option<&str>) -> AuthenticatorBuilder {
+        AuthenticatorBuilder {
+            issuer: issuer.map(str::to_owned),
+            audience: audience.map(str::to_owned),
+            ..AuthenticatorBuilder::default()
+        }
+    }
+
+    /// The principal of an `authorization: Bearer <jwt>` header value,
+    /// without waiting: a token naming a key id not fetched yet is refused
+    /// (and the keys are refreshed for the next one). See
+    /// [`verify`](Self::verify).
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, Unauthenticated> {
-        let header = authorization.ok_or(Unauthenticated("missing bearer token"))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .ok_or(Unauthenticated(
-                "the authorization header is not a bearer token",
-            ))?;
-        let token = token.trim();
-        if let Some(verified) = self.remembered(token)
+        let token = bearer(authorization)?;
+        self.check(token).map_err(|refusal| {
+            if let (Refusal::UnknownKid, Some(jwks)) = (&refusal, &self.keys.jwks)
+                && let Ok(Some(kid)) = jsonwebtoken::decode_header(token).map(|h| h.kid)
+            {
+                drop(jwks.on_demand(&kid));
+            }
+            refusal.reason()
+        })
+    }
+
+    /// The principal of an `authorization: Bearer <jwt>` header value; a
+    /// token naming a key id not fetched yet waits, at most a fetch's
+    /// timeout, for the identity provider's keys to be refreshed.
+    pub async fn verify(&self, authorization: Option<&str>) -> Result<Principal, Unauthenticated> {
+        let token = bearer(authorization)?;
+        match self.check(token) {
+            Err(Refusal::UnknownKid) => {
+                self.refresh_for(token).await;
+                self.check(token).map_err(Refusal::reason)
+            }
+            verdict => verdict.map_err(Refusal::reason),
+        }
+    }
+
+    /// Waits for the refresh a token naming an unknown key id may cause.
+    async fn refresh_for(&self, token: &str) {
+        if let Some(jwks) = &self.keys.jwks
+            && let Ok(Some(kid)) = jsonwebtoken::decode_header(token).map(|h| h.kid)
+        {
+            jwks.wait_for(&kid).await;
+        }
+    }
+
+    /// A remembered token, or one verified now with the key it names.
+    fn check(&self, token: &str) -> Result<Principal, Refusal> {
+        // Before the keys are read: a key withdrawn meanwhile leaves this
+        // verification remembered under an old generation.
+        let generation = self.keys.generation();
+        if let Some(verified) = self.remembered_at(token, generation)
             && verified.current(jsonwebtoken::get_current_timestamp())
         {
             return Ok(verified.principal);
         }
         let raw = token;
+        let header = jsonwebtoken::decode_header(raw)
+            .map_err(|_| Unauthenticated("the token is malformed"))?;
+        let key = self.keys.find(header.kid.as_deref())?;
+        // The key decides the algorithm, never the token.
+        let validation = self
+            .validations
+            .of(key.algorithm)
+            .filter(|_| header.alg == key.algorithm)
+            .ok_or(Unauthenticated("the token's algorithm is not accepted"))?;
         let token =
-            jsonwebtoken::decode::<Claims>(raw, &self.key, &self.validation).map_err(|e| {
+            jsonwebtoken::decode::<Claims>(raw, &key.decoding, validation).map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind;
                 Unauthenticated(match e.kind() {
                     ErrorKind::ExpiredSignature => "the token has expired",
@@ -286,7 +528,8 @@ impl Authenticator {
         if token.header.crit.is_some() {
             return Err(Unauthenticated(
                 "the token names critical header parameters this service does not understand",
-            ));
+            )
+            .into());
         }
         let claims = token.claims;
         let role = claims
@@ -296,9 +539,7 @@ impl Authenticator {
         let role = Role::parse(role).ok_or(Unauthenticated("the token's role is unknown"))?;
         let customer_id = match (role, claims.customer_id.as_deref()) {
             (Role::CustomerAdmin, None) => {
-                return Err(Unauthenticated(
-                    "a customer_admin token needs a customer_id",
-                ));
+                return Err(Unauthenticated("a customer_admin token needs a customer_id").into());
             }
             (_, None) => None,
             (_, Some(id)) => Some(
@@ -307,13 +548,14 @@ impl Authenticator {
             ),
         };
         if claims.sub.is_empty() {
-            return Err(Unauthenticated("the token has no subject"));
+            return Err(Unauthenticated("the token has no subject").into());
         }
         // The subject is recorded on every change: it keeps the rule of a key.
         if crate::validate::Text::Key.check(&claims.sub).is_err() {
             return Err(Unauthenticated(
                 "the token's subject must be at most 255 bytes without control characters",
-            ));
+            )
+            .into());
         }
         let principal = Principal {
             subject: claims.sub,
@@ -323,25 +565,53 @@ impl Authenticator {
         };
         self.cache().put(
             raw.to_owned(),
-            Verified {
-                principal: principal.clone(),
-                exp: claims.exp,
-                nbf: claims.nbf,
+            Remembered {
+                verified: Verified {
+                    principal: principal.clone(),
+                    exp: claims.exp,
+                    nbf: claims.nbf,
+                },
+                generation,
             },
         );
         Ok(principal)
     }
 
+    #[cfg(test)]
     fn remembered(&self, token: &str) -> Option<Verified> {
-        self.cache().get(token).cloned()
+        self.remembered_at(token, self.keys.generation())
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, LruCache<String, Verified>> {
+    fn remembered_at(&self, token: &str, generation: u64) -> Option<Verified> {
+        self.cache()
+            .get(token)
+            .filter(|entry| entry.generation == generation)
+            .map(|entry| entry.verified.clone())
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, LruCache<String, Remembered>> {
         // A panic cannot leave an entry half-written.
         self.verified
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    /// Whether a token naming an unknown key id may be worth waiting for.
+    fn has_jwks(&self) -> bool {
+        self.keys.jwks.is_some()
+    }
+}
+
+/// The token of an `authorization: Bearer <jwt>` header value.
+fn bearer(authorization: Option<&str>) -> Result<&str, Unauthenticated> {
+    let header = authorization.ok_or(Unauthenticated("missing bearer token"))?;
+    let token = header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .ok_or(Unauthenticated(
+            "the authorization header is not a bearer token",
+        ))?;
+    Ok(token.trim())
 }
 
 /// Mints HS256 tokens (`billing token`, tests).
@@ -421,9 +691,37 @@ pub fn authorization(headers: &http::HeaderMap) -> Result<Option<&str>, Unauthen
     Ok(first.and_then(|v| v.to_str().ok()))
 }
 
+/// The call's status when its principal may not make it; otherwise the
+/// principal goes with the request to the handler.
+fn admit(
+    rpc: &str,
+    verified: Result<Principal, Unauthenticated>,
+    request: &mut http::Request<Body>,
+) -> Result<(), Status> {
+    match verified {
+        Err(reason) => {
+            tracing::info!(rpc, %reason, "unauthenticated call refused");
+            Err(Status::unauthenticated(reason.to_string()))
+        }
+        Ok(principal) if !permits(principal.role, rpc) => {
+            tracing::warn!(rpc, principal = %principal.subject, role = principal.role.as_str(),
+                "call denied by role");
+            Err(crate::status::denied(rpc, principal.role))
+        }
+        Ok(principal) => {
+            request.extensions_mut().insert(principal.actor());
+            request.extensions_mut().insert(principal);
+            Ok(())
+        }
+    }
+}
+
 impl<S> tower::Service<http::Request<Body>> for Authenticated<S>
 where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>> + Send,
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     type Response = http::Response<Body>;
@@ -444,24 +742,38 @@ where
             .to_owned();
         let rpc = crate::status::clip(&rpc, crate::status::MAX_METADATA_BYTES);
         let verified = authorization(request.headers())
-            .and_then(|header| self.authenticator.authenticate(header));
-        let status = match verified {
-            Err(reason) => {
-                tracing::info!(rpc, %reason, "unauthenticated call refused");
-                Status::unauthenticated(reason.to_string())
+            .map_err(Refusal::from)
+            .and_then(|header| {
+                bearer(header)
+                    .map_err(Refusal::from)
+                    .and_then(|token| self.authenticator.check(token))
+            });
+        let verified = match verified {
+            // A key id not fetched yet: after a rotation, the first token
+            // signed with the new key waits for the refresh.
+            Err(Refusal::UnknownKid) if self.authenticator.has_jwks() => {
+                let header = authorization(request.headers())
+                    .ok()
+                    .flatten()
+                    .map(str::to_owned);
+                let authenticator = self.authenticator.clone();
+                // The clone is not ready; the service polled ready is.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                return Box::pin(async move {
+                    let verified = authenticator.verify(header.as_deref()).await;
+                    match admit(&rpc, verified, &mut request) {
+                        Ok(()) => inner.call(request).await,
+                        Err(status) => Ok(status.into_http()),
+                    }
+                });
             }
-            Ok(principal) if !permits(principal.role, &rpc) => {
-                tracing::warn!(rpc, principal = %principal.subject, role = principal.role.as_str(),
-                    "call denied by role");
-                crate::status::denied(&rpc, principal.role)
-            }
-            Ok(principal) => {
-                request.extensions_mut().insert(principal.actor());
-                request.extensions_mut().insert(principal);
-                return Box::pin(self.inner.call(request));
-            }
+            verified => verified.map_err(Refusal::reason),
         };
-        Box::pin(async move { Ok(status.into_http()) })
+        match admit(&rpc, verified, &mut request) {
+            Ok(()) => Box::pin(self.inner.call(request)),
+            Err(status) => Box::pin(async move { Ok(status.into_http()) }),
+        }
     }
 }
 

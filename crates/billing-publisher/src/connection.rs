@@ -12,6 +12,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use rdkafka::ClientConfig;
+use rdkafka::error::KafkaError;
 
 /// librdkafka's `security.protocol`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -240,6 +241,24 @@ impl KafkaConnection {
     }
 }
 
+/// `error` without the value of a property: librdkafka's configuration
+/// errors name the property and repeat its value, which may be a password
+/// (`sasl.password`, `ssl.key.password`, anything passed through). Every
+/// client of ours is created through this.
+pub fn redacted(error: KafkaError) -> KafkaError {
+    match error {
+        KafkaError::ClientConfig(code, description, key, value) => {
+            let description = if value.is_empty() {
+                description
+            } else {
+                description.replace(&value, "<redacted>")
+            };
+            KafkaError::ClientConfig(code, description, key, "<redacted>".to_owned())
+        }
+        other => other,
+    }
+}
+
 /// Parses `key=value,key=value` (BILLING_KAFKA_CONFIG). A value may hold a
 /// comma written as `\,`; whitespace around keys and values is dropped.
 pub fn parse_properties(text: &str) -> Result<Vec<(String, String)>, ConnectionError> {
@@ -384,6 +403,27 @@ mod tests {
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(!shown.contains("another-secret"), "{shown}");
         assert!(shown.contains("ssl.key.password"), "{shown}");
+    }
+
+    #[test]
+    fn a_refused_property_is_named_without_its_value() {
+        let connection = KafkaConnection {
+            extra: vec![(
+                "sasl.oauthbearer.client.secret".into(),
+                "s3cr3t-v4lue".into(),
+            )],
+            ..KafkaConnection::plaintext("b:9092")
+        };
+        let refused = connection
+            .client_config()
+            .set("no.such.property", "s3cr3t-v4lue")
+            .create::<rdkafka::producer::BaseProducer>()
+            .map(|_| ())
+            .map_err(redacted)
+            .unwrap_err()
+            .to_string();
+        assert!(!refused.contains("s3cr3t"), "{refused}");
+        assert!(refused.contains("property"), "{refused}");
     }
 
     #[test]

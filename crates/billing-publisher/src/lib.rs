@@ -90,7 +90,11 @@ const POLL: Duration = Duration::from_millis(500);
 
 /// Creates the topics when missing.
 pub async fn ensure_topics(config: &PublisherConfig) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = config.connection.client_config().create()?;
+    let admin: AdminClient<DefaultClientContext> = config
+        .connection
+        .client_config()
+        .create()
+        .map_err(connection::redacted)?;
     let topics = [&config.topic, &config.alerts_topic, &config.digests_topic].map(|name| {
         NewTopic::new(
             name,
@@ -98,7 +102,9 @@ pub async fn ensure_topics(config: &PublisherConfig) -> Result<(), KafkaError> {
             TopicReplication::Fixed(config.replication_factor),
         )
     });
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(15)));
     for result in admin.create_topics(&topics, &options).await? {
         match result {
             Ok(topic) => tracing::info!(topic, "created topic"),
@@ -128,6 +134,7 @@ fn producer(config: &PublisherConfig) -> Result<FutureProducer, KafkaError> {
         .set("reconnect.backoff.ms", RECONNECT_BACKOFF_MS)
         .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS)
         .create()
+        .map_err(connection::redacted)
 }
 
 /// Runs the publisher until `shutdown` turns true.
@@ -151,8 +158,15 @@ pub async fn run(store: Store, config: PublisherConfig, mut shutdown: watch::Rec
                 continue;
             }
         };
-        // Only the active publisher talks to the broker's admin API.
-        if let Err(error) = ensure_topics(&config).await {
+        // Only the active publisher talks to the broker's admin API. A
+        // broker that cannot be reached (or refuses our credentials) keeps
+        // the request waiting: a shutdown must not wait with it, holding the
+        // lease a stand-by could take.
+        let ensured = tokio::select! {
+            ensured = ensure_topics(&config) => ensured,
+            _ = shutdown.changed() => break,
+        };
+        if let Err(error) = ensured {
             tracing::warn!(%error, "publisher: topics not ready; retrying");
             drop(lease);
             if wait(&mut shutdown, BACKOFF * 4).await {

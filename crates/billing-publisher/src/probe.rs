@@ -30,7 +30,8 @@ impl BrokerProbe {
             // Notice a broker's return within a second (see the producer).
             .set("reconnect.backoff.ms", crate::RECONNECT_BACKOFF_MS)
             .set("reconnect.backoff.max.ms", crate::RECONNECT_BACKOFF_MAX_MS)
-            .create()?;
+            .create()
+            .map_err(crate::connection::redacted)?;
         Ok(Self {
             client: Arc::new(client),
         })

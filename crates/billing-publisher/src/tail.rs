@@ -56,7 +56,8 @@ pub async fn run(connection: &crate::KafkaConnection, topic: &str) -> Result<(),
         // Until the publisher creates the topic, look for it every second
         // (librdkafka's default is every 5 minutes).
         .set("topic.metadata.refresh.interval.ms", "1000")
-        .create()?;
+        .create()
+        .map_err(crate::connection::redacted)?;
     consumer.subscribe(&[topic])?;
     let mut dedup = Dedup::default();
     let mut stream = consumer.stream();

@@ -133,7 +133,21 @@ fn sasl(password: &str) -> SaslCredentials {
 /// A running server with the publisher role; stopped when dropped.
 struct Running {
     addr: std::net::SocketAddr,
-    _stop: oneshot::Sender<()>,
+    stop: oneshot::Sender<()>,
+    run: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Stops the server and waits until every role has (the publisher's
+    /// lease is free for the next one).
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(20), self.run)
+            .await
+            .expect("the server stops within 20 s")
+            .unwrap()
+            .unwrap();
+    }
 }
 
 async fn run(db_url: &str, kafka: KafkaSecurityArgs, topic: &str) -> Running {
@@ -146,10 +160,10 @@ async fn run(db_url: &str, kafka: KafkaSecurityArgs, topic: &str) -> Running {
     let app = Application::build(config).await.expect("build");
     let addr = app.local_addr().expect("gRPC is served");
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(app.run(async move {
+    let run = tokio::spawn(app.run(async move {
         let _ = stopped.await;
     }));
-    Running { addr, _stop: stop }
+    Running { addr, stop, run }
 }
 
 /// The settings a user would give, as variables: the same path as theirs.
@@ -366,6 +380,7 @@ async fn sasl_scram_over_tls_delivers_and_wrong_credentials_hold_events_back_unt
             lag.events >= 8,
             "the events wait for the publisher: lag {lag:?}"
         );
+        server.stop().await;
         expected
     };
     // Unauthenticated, a consumer reads nothing either.

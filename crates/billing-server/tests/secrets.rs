@@ -73,7 +73,7 @@ fn with_secrets(command: &mut Command, database_url: &str, brokers: &str) {
         .env("BILLING_KAFKA_SASL_PASSWORD", SASL_PASSWORD)
         .env(
             "BILLING_KAFKA_CONFIG",
-            format!("client.id=billing-secrets-test,sasl.oauthbearer.client.secret={KAFKA_CONFIG_SECRET}"),
+            format!("client.id=billing-secrets-test,ssl.key.password={KAFKA_CONFIG_SECRET}"),
         );
 }
 

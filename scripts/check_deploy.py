@@ -539,7 +539,7 @@ def check_rendered(
             try:
                 kubernetes_validate.validate(obj, version, strict=True)
             except kv.SchemaNotFoundError:
-                if obj.get("apiVersion", "").startswith("monitoring.coreos.com/"):
+                if obj.get("apiVersion", "").startswith(("monitoring.coreos.com/", "cert-manager.io/")):
                     break  # a CRD's kind: checked by hand below
                 problems.add(where, f"{template}: {name}: no such kind in Kubernetes {version}")
             except kv.ValidationError as error:
@@ -548,12 +548,34 @@ def check_rendered(
 
     secrets = {o["metadata"]["name"]: o for o in by_kind.get("Secret", [])}
     config_maps = {o["metadata"]["name"]: o for o in by_kind.get("ConfigMap", [])}
+    def value(*path: str) -> Any:
+        node: Any = values
+        for key in path:
+            node = (node or {}).get(key) if isinstance(node, dict) else None
+        return node
+
     existing_secrets = {
-        values.get("database", {}).get("existingSecret"),
-        values.get("jwt", {}).get("existingSecret"),
-        (values.get("otel", {}).get("headersSecret") or {}).get("name"),
+        value("database", "existingSecret"),
+        value("jwt", "existingSecret"),
+        value("otel", "headersSecret", "name"),
+        value("database", "tls", "caSecret"),
+        value("database", "tls", "clientCertSecret"),
+        value("jwt", "jwksCA", "secret"),
+        value("kafka", "sasl", "existingSecret"),
+        value("kafka", "tls", "caSecret"),
+        value("tls", "grpc", "existingSecret"),
+        value("tls", "grpc", "clientCA", "secret"),
+        value("tls", "grpc", "clientCA", "probeCertSecret"),
     } - {None, ""}
-    existing_config_maps = {values.get("existingRateTableConfigMap")} - {None, ""}
+    # A cert-manager Certificate's Secret exists once cert-manager has issued it.
+    existing_secrets |= {c["spec"]["secretName"] for c in by_kind.get("Certificate", [])}
+    existing_config_maps = {
+        value("existingRateTableConfigMap"),
+        value("database", "tls", "caConfigMap"),
+        value("jwt", "jwksCA", "configMap"),
+        value("kafka", "tls", "caConfigMap"),
+        value("tls", "grpc", "clientCA", "configMap"),
+    } - {None, ""}
 
     def hook(obj: dict) -> tuple[set[str], int] | None:
         annotations = (obj.get("metadata") or {}).get("annotations") or {}
@@ -618,7 +640,22 @@ def check_rendered(
                 http = probe.get("httpGet")
                 if http and http["port"] not in ports and http["port"] not in ports.values():
                     problems.add(where, f"{here}: {kind} asks port {http['port']}, which it does not serve")
-                if role_of(obj) == "api" and "grpc" not in probe:
+                # gRPC health over TLS: the kubelet's gRPC probe speaks
+                # plaintext only, so `billing health` asks over https.
+                command = (probe.get("exec") or {}).get("command") or []
+                tls_health = command[:2] in (["/usr/local/bin/billing", "health"], ["billing", "health"])
+                if tls_health:
+                    check_invocation(problems, binary, f"{where}: {here} {kind}", command[1:], [])
+                    addr = command[command.index("--addr") + 1] if "--addr" in command[:-1] else ""
+                    if not addr.startswith("https://") or "BILLING_TLS_CERT" not in values_env:
+                        problems.add(where, f"{here}: {kind} runs `billing health` at {addr!r}, and gRPC health over TLS is for a server with BILLING_TLS_CERT")
+                    elif addr.rsplit(":", 1)[-1] not in {str(p) for p in ports.values()}:
+                        problems.add(where, f"{here}: {kind} asks gRPC health at {addr}, a port it does not serve")
+                    elif values_env.get("BILLING_GRPC_ADDR", {}).get("value", "").rsplit(":", 1)[-1] != addr.rsplit(":", 1)[-1]:
+                        problems.add(where, f"{here}: {kind} asks gRPC health at {addr}, and BILLING_GRPC_ADDR is elsewhere")
+                if "grpc" in probe and "BILLING_TLS_CERT" in values_env:
+                    problems.add(where, f"{here}: {kind} is the kubelet's plaintext gRPC probe, and the server speaks TLS only")
+                if role_of(obj) == "api" and "grpc" not in probe and not tls_health:
                     problems.add(where, f"{here}: the api's {kind} is not gRPC health")
             for mount in container.get("volumeMounts") or []:
                 if mount["name"] not in volumes:
@@ -638,6 +675,32 @@ def check_rendered(
             if "secret" in volume:
                 for item in volume["secret"].get("items") or [{"key": None}]:
                     check_secret_ref(problems, where, name, obj, volume["secret"]["secretName"], item["key"], secrets, existing_secrets, hook)
+            for source in (volume.get("projected") or {}).get("sources") or []:
+                if "secret" in source:
+                    for item in source["secret"].get("items") or [{"key": None}]:
+                        check_secret_ref(problems, where, name, obj, source["secret"]["name"], item["key"], secrets, existing_secrets, hook)
+                if "configMap" in source:
+                    cm = source["configMap"]["name"]
+                    if cm in config_maps:
+                        for item in source["configMap"].get("items") or []:
+                            if item["key"] not in config_maps[cm].get("data", {}):
+                                problems.add(where, f"{name}: ConfigMap {cm} has no key {item['key']}")
+                    elif cm not in existing_config_maps:
+                        problems.add(where, f"{name}: mounts ConfigMap {cm}, which is neither rendered nor named as existing")
+        # Every file a BILLING_*_FILE, certificate or CA variable names is
+        # in a mounted volume (a path no volume holds fails at start-up).
+        for container in spec["containers"]:
+            mounts = [(m["mountPath"].rstrip("/") + "/", volumes.get(m["name"]) or {}) for m in container.get("volumeMounts") or []]
+            for entry in container.get("env") or []:
+                path = entry.get("value") or ""
+                named = entry["name"]
+                if not (named.endswith(("_FILE", "_CERT", "_KEY", "_CA", "_CA_LOCATION")) or named == "BILLING_JWT_PUBLIC_KEY"):
+                    continue
+                if not path.startswith("/"):
+                    continue
+                held = [v for prefix, v in mounts if path.startswith(prefix)]
+                if not held:
+                    problems.add(where, f"{name} container {container['name']}: {named}={path} is in no mounted volume")
 
     for role in sorted(binary.roles()):
         enabled = role == "api" or (values.get(role) or {}).get("enabled", True)
@@ -679,6 +742,22 @@ def check_rendered(
         selected = [d for d in deployments if matches(pdb["spec"]["selector"]["matchLabels"], d["spec"]["template"]["metadata"]["labels"])]
         if [role_of(d) for d in selected] != ["api"]:
             problems.add(where, f"PodDisruptionBudget/{pdb['metadata']['name']}: selects {[d['metadata']['name'] for d in selected]}, not the api alone")
+    for certificate in by_kind.get("Certificate", []):
+        name = f"Certificate/{certificate['metadata']['name']}"
+        spec = certificate.get("spec") or {}
+        if certificate.get("apiVersion") != "cert-manager.io/v1":
+            problems.add(where, f"{name}: apiVersion {certificate.get('apiVersion')}")
+        unknown = set(spec) - {"secretName", "secretTemplate", "issuerRef", "dnsNames", "ipAddresses", "uris", "emailAddresses", "commonName", "duration", "renewBefore", "privateKey", "usages", "subject", "isCA", "keystores", "revisionHistoryLimit", "additionalOutputFormats", "literalSubject", "nameConstraints", "otherNames", "encodeUsagesInRequest", "renewBeforePercentage", "signatureAlgorithm"}
+        if unknown:
+            problems.add(where, f"{name}: unknown spec fields {sorted(unknown)}")
+        if not spec.get("secretName") or not (spec.get("issuerRef") or {}).get("name"):
+            problems.add(where, f"{name}: needs spec.secretName and spec.issuerRef.name")
+        mounted = any(
+            (source.get("secret") or {}).get("name") == spec.get("secretName") or (v.get("secret") or {}).get("secretName") == spec.get("secretName")
+            for d in deployments for v in pod_spec(d).get("volumes") or [] for source in ((v.get("projected") or {}).get("sources") or [{}])
+        )
+        if not mounted:
+            problems.add(where, f"{name}: no Deployment mounts its Secret {spec.get('secretName')}")
     for monitor in by_kind.get("ServiceMonitor", []):
         name = f"ServiceMonitor/{monitor['metadata']['name']}"
         if monitor.get("apiVersion") != "monitoring.coreos.com/v1":

@@ -38,7 +38,10 @@ impl Store {
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
-                "SELECT xid::text, position FROM events
+                // The text goes out as `xid_text`: under the name `xid` it
+                // would be what `ORDER BY xid` sorts by ("999" after "1000"),
+                // and the head could be an event behind the last.
+                "SELECT xid::text AS xid_text, position FROM events
                  WHERE xid < pg_snapshot_xmin(pg_current_snapshot())
                  ORDER BY xid DESC, position DESC
                  LIMIT 1",
@@ -72,7 +75,10 @@ impl Store {
             let client = self.pool.get().await?;
             client
                 .query(
-                    "SELECT position, xid::text, account_id, version, account_after FROM events
+                    // `xid_text`, not `xid`: see `feed_head` (and the
+                    // feed's `COLUMNS`). Sorting by the text, a full page
+                    // spanning a power of ten skipped events.
+                    "SELECT position, xid::text AS xid_text, account_id, version, account_after FROM events
                      WHERE (xid, position) > ($1::text::xid8, $2)
                        AND xid < pg_snapshot_xmin(pg_current_snapshot())
                      ORDER BY xid, position

@@ -10,10 +10,12 @@
 # Each mode runs the API with the sweeper in one process and the projector in
 # another (the read side's PostgreSQL connections are encrypted too; the
 # broker is left out: Kafka's TLS is librdkafka's and not on the charge path).
-# The modes alternate, plain first, BENCH_TLS_ROUNDS (2) times over each row
+# The modes alternate (plain first, then last), BENCH_TLS_ROUNDS (2) times over each row
 # of BENCH_TLS_ROWS ("100:64 1:64": accounts:concurrency), so that a slow
-# stretch of a shared machine falls on both. Prints one line per run and the
-# ratio tls/plain per row; JSON in target/bench-tls/.
+# stretch of a shared machine falls on both. BENCH_TLS_MODES adds `grpc` (TLS
+# on gRPC only) and `pg` (on PostgreSQL only), to tell the two costs apart.
+# Prints one line per run and the ratio to plain per row; JSON in
+# target/bench-tls/.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,6 +27,7 @@ seconds=${BENCH_SECONDS:-10}
 warmup=${BENCH_WARMUP:-2}
 rows=${BENCH_TLS_ROWS:-100:64 1:64}
 rounds=${BENCH_TLS_ROUNDS:-2}
+modes=${BENCH_TLS_MODES:-plain tls}
 mkdir -p "$dev" "$out"
 rm -f "$out"/*.json
 
@@ -85,13 +88,14 @@ start_service() {
   local mode=$1 port
   port=$("$root/scripts/free-port.sh" 50251)
   local tls_env=()
-  if [ "$mode" = tls ]; then
-    db=$tls_db
+  db=$plain_db
+  addr="127.0.0.1:$port"
+  if [ "$mode" = tls ] || [ "$mode" = grpc ]; then
     addr="https://localhost:$port"
     tls_env=(BILLING_TLS_CERT="$pki/server.crt" BILLING_TLS_KEY="$pki/server.key")
-  else
-    db=$plain_db
-    addr="127.0.0.1:$port"
+  fi
+  if [ "$mode" = tls ] || [ "$mode" = pg ]; then
+    db=$tls_db
   fi
   env "${tls_env[@]}" BILLING_DATABASE_URL="$db" RUST_LOG=warn \
     "$bin/billing" serve --roles api,sweeper --grpc-addr "127.0.0.1:$port" > "$out/api-$mode.log" 2>&1 &
@@ -110,10 +114,15 @@ start_service() {
   exit 1
 }
 
+reversed=$(echo "$modes" | tr ' ' '\n' | tac | tr '\n' ' ')
 for round in $(seq 1 "$rounds"); do
+  # Every other round in the other order: the database grows run by run,
+  # and no mode should always run on the larger one.
+  order=$modes
+  [ $((round % 2)) -eq 0 ] && order=$reversed
   for row in $rows; do
     accounts=${row%%:*} c=${row##*:}
-    for mode in plain tls; do
+    for mode in $order; do
       start_service "$mode"
       psql "$admin" -qc "CHECKPOINT"
       "$bin/billing-load" run --addr "$addr" --ca "$pki/ca.crt" --concurrency "$c" --accounts "$accounts" \
@@ -135,11 +144,11 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
     mode, accounts, c, _ = d["label"].split("-")
     dist = "hot" if accounts == "1" else f"uniform-{accounts}"
     runs[(dist, int(c))][mode].append(d)
-print(f"{'row':<16}{'mode':<7}{'changes/s (each run)':<26}{'mean':>8}{'Reserve p99 ms':>16}{'api us/change':>15}")
+print(f"{'row':<16}{'mode':<7}{'changes/s (each run)':<26}{'mean':>8}{'Reserve p99 ms':>16}{'api us/change':>15}{'PG us/change':>14}")
 summary = []
 for (dist, c), modes in sorted(runs.items()):
     means = {}
-    for mode in ("plain", "tls"):
+    for mode in ("plain", "grpc", "pg", "tls"):
         ds = modes.get(mode, [])
         if not ds:
             continue
@@ -147,11 +156,13 @@ for (dist, c), modes in sorted(runs.items()):
         means[mode] = sum(rates) / len(rates)
         p99 = max(d["rpcs"]["Reserve"]["p99_us"] for d in ds) / 1000
         api = sum(d["processes"]["api"]["us_per_change"] for d in ds) / len(ds)
+        pg = sum(d["postgres_cpu_us_per_change"] for d in ds) / len(ds)
         each = " ".join(f"{r:.0f}" for r in rates)
-        print(f"{dist + '-' + str(c):<16}{mode:<7}{each:<26}{means[mode]:>8.0f}{p99:>16.1f}{api:>15.0f}")
-    if "plain" in means and "tls" in means:
-        ratio = means["tls"] / means["plain"]
-        print(f"{'':<16}tls/plain {ratio:.3f}")
-        summary.append({"row": f"{dist}-{c}", "plain": means["plain"], "tls": means["tls"], "ratio": ratio})
+        print(f"{dist + '-' + str(c):<16}{mode:<7}{each:<26}{means[mode]:>8.0f}{p99:>16.1f}{api:>15.0f}{pg:>14.0f}")
+    for mode in ("grpc", "pg", "tls"):
+        if "plain" in means and mode in means:
+            ratio = means[mode] / means["plain"]
+            print(f"{'':<16}{mode}/plain {ratio:.3f}")
+            summary.append({"row": f"{dist}-{c}", "mode": mode, "plain": means["plain"], mode: means[mode], "ratio": ratio})
 json.dump(summary, open(os.path.join(sys.argv[1], "summary.json"), "w"), indent=2)
 PY

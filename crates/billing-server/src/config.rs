@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use billing_api::auth::{Authenticator, VerifyingKey};
+use billing_api::auth::{Authenticator, JwksConfig, VerifyingKey};
 use billing_domain::RateTable;
 
 /// A secret (a database URL with a password, a JWT secret): it never prints.
@@ -122,15 +122,25 @@ pub enum PublicKeyAlgorithm {
     Es256,
 }
 
-/// How bearer tokens are verified: a shared secret (HS256) or a public key
-/// (RS256 or ES256). Exactly one algorithm is accepted.
+/// How bearer tokens are verified. Every key pins its one algorithm:
+/// - a shared secret (HS256), or a public key (RS256, ES256): the key of
+///   tokens that name no key id (`kid`) — with only this key, the way it
+///   always was;
+/// - keys by id, for rotation by hand: PEM public keys and HS256 secrets;
+/// - an identity provider's JWKS, fetched at start and refreshed.
+///
+/// A token naming a `kid` is verified with that key only.
 #[derive(Clone, Debug, clap::Args)]
 pub struct JwtArgs {
-    /// Shared secret for HS256 tokens (at least 16 bytes).
-    #[arg(long, env = "BILLING_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<Secret>,
+    /// BILLING_JWT_SECRET, or the contents of BILLING_JWT_SECRET_FILE.
+    #[command(flatten)]
+    pub jwt_secret: Option<JwtSecret>,
     /// A PEM public key file, for RS256 or ES256 tokens instead of a secret.
-    #[arg(long, env = "BILLING_JWT_PUBLIC_KEY", conflicts_with = "jwt_secret")]
+    #[arg(
+        long,
+        env = "BILLING_JWT_PUBLIC_KEY",
+        conflicts_with_all = ["jwt_secret", "jwt_secret_file"]
+    )]
     pub jwt_public_key: Option<PathBuf>,
     /// The public key's algorithm.
     #[arg(
@@ -140,6 +150,35 @@ pub struct JwtArgs {
         default_value = "rs256"
     )]
     pub jwt_algorithm: PublicKeyAlgorithm,
+    /// Public keys by key id, `kid=path.pem,kid2=path2.pem`: a token whose
+    /// header names `kid` is verified with that key only. The algorithm is
+    /// the key's: RSA is RS256, EC P-256 ES256, Ed25519 EdDSA.
+    #[arg(long, env = "BILLING_JWT_PUBLIC_KEYS", value_delimiter = ',')]
+    pub jwt_public_keys: Vec<String>,
+    /// HS256 secrets by key id, `kid=secret,kid2=secret2` (each at least 16
+    /// bytes, without commas).
+    #[arg(long, env = "BILLING_JWT_SECRETS", hide_env_values = true)]
+    pub jwt_secrets: Option<Secret>,
+    /// The URL of an identity provider's JWKS document (its jwks_uri):
+    /// https, or http to a loopback address.
+    #[arg(long, env = "BILLING_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// Allow an http JWKS URL to a host that is not loopback (an identity
+    /// provider inside the cluster).
+    #[arg(long, env = "BILLING_JWT_JWKS_ALLOW_HTTP", default_value_t = false)]
+    pub jwt_jwks_allow_http: bool,
+    /// A PEM file of CA certificates trusted for the JWKS URL besides the
+    /// system's.
+    #[arg(long, env = "BILLING_JWT_JWKS_CA")]
+    pub jwt_jwks_ca: Option<PathBuf>,
+    /// How often the JWKS is fetched again, in seconds.
+    #[arg(long, env = "BILLING_JWT_JWKS_REFRESH_S", default_value_t = 300)]
+    pub jwt_jwks_refresh_s: u64,
+    /// A token naming an unknown key id fetches the JWKS at most once per
+    /// this many seconds (and after a failed refresh, it is retried as
+    /// often).
+    #[arg(long, env = "BILLING_JWT_JWKS_MIN_REFRESH_S", default_value_t = 30)]
+    pub jwt_jwks_min_refresh_s: u64,
     /// When set, tokens must carry this `iss`.
     #[arg(long, env = "BILLING_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
@@ -149,28 +188,165 @@ pub struct JwtArgs {
 }
 
 impl JwtArgs {
-    /// The verifier these settings describe.
-    pub fn authenticator(&self) -> anyhow::Result<Authenticator> {
-        let key = match (&self.jwt_secret, &self.jwt_public_key) {
-            (Some(secret), None) => VerifyingKey::Hs256(secret.expose().as_bytes().to_vec()),
-            (None, Some(path)) => {
-                let pem = std::fs::read(path)
-                    .with_context(|| format!("reading the JWT public key {}", path.display()))?;
-                match self.jwt_algorithm {
-                    PublicKeyAlgorithm::Rs256 => VerifyingKey::Rs256(pem),
-                    PublicKeyAlgorithm::Es256 => VerifyingKey::Es256(pem),
-                }
+    /// Only an HS256 secret, as tests use.
+    pub fn secret(secret: &str) -> Self {
+        Self {
+            jwt_secret: Some(JwtSecret(Secret::new(secret))),
+            jwt_public_key: None,
+            jwt_algorithm: PublicKeyAlgorithm::Rs256,
+            jwt_public_keys: Vec::new(),
+            jwt_secrets: None,
+            jwt_jwks_url: None,
+            jwt_jwks_allow_http: false,
+            jwt_jwks_ca: None,
+            jwt_jwks_refresh_s: 300,
+            jwt_jwks_min_refresh_s: 30,
+            jwt_issuer: None,
+            jwt_audience: None,
+        }
+    }
+
+    /// The verifier these settings describe. With a JWKS it fetches the
+    /// first keys: start-up fails when there is no key at all after 15 s
+    /// of trying (no configured key, and the identity provider unreachable).
+    pub async fn authenticator(&self) -> anyhow::Result<Authenticator> {
+        let mut builder =
+            Authenticator::builder(self.jwt_issuer.as_deref(), self.jwt_audience.as_deref());
+        if let Some(secret) = &self.jwt_secret {
+            builder = builder.key(VerifyingKey::Hs256(secret.expose().as_bytes().to_vec()));
+        }
+        if let Some(path) = &self.jwt_public_key {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading the JWT public key {}", path.display()))?;
+            builder = builder.key(match self.jwt_algorithm {
+                PublicKeyAlgorithm::Rs256 => VerifyingKey::Rs256(pem),
+                PublicKeyAlgorithm::Es256 => VerifyingKey::Es256(pem),
+            });
+        }
+        for entry in self.jwt_public_keys.iter().filter(|e| !e.trim().is_empty()) {
+            let (kid, path) = entry.split_once('=').ok_or_else(|| {
+                anyhow::anyhow!("BILLING_JWT_PUBLIC_KEYS: {entry:?} is not kid=path")
+            })?;
+            let pem = std::fs::read(path.trim())
+                .with_context(|| format!("reading the JWT public key {kid} ({path})"))?;
+            let key = VerifyingKey::from_pem(&pem)
+                .map_err(|e| anyhow::anyhow!("the JWT public key {kid} ({path}): {e}"))?;
+            builder = builder.named_key(kid.trim(), key);
+        }
+        if let Some(secrets) = &self.jwt_secrets {
+            let entries = secrets.expose().split(',').filter(|e| !e.trim().is_empty());
+            for (n, entry) in entries.enumerate() {
+                // The error never shows the entry: it holds a secret.
+                let (kid, secret) = entry.split_once('=').ok_or_else(|| {
+                    anyhow::anyhow!("BILLING_JWT_SECRETS: entry {} is not kid=secret", n + 1)
+                })?;
+                builder = builder.named_key(kid.trim(), VerifyingKey::Hs256(secret.into()));
             }
-            _ => anyhow::bail!(
-                "every RPC is authenticated: set BILLING_JWT_SECRET (HS256) or BILLING_JWT_PUBLIC_KEY (RS256/ES256)"
-            ),
-        };
-        Authenticator::new(
-            &key,
-            self.jwt_issuer.as_deref(),
-            self.jwt_audience.as_deref(),
+        }
+        if let Some(url) = &self.jwt_jwks_url {
+            let ca_pem =
+                match &self.jwt_jwks_ca {
+                    Some(path) => Some(std::fs::read(path).with_context(|| {
+                        format!("reading BILLING_JWT_JWKS_CA {}", path.display())
+                    })?),
+                    None => None,
+                };
+            builder = builder.jwks(JwksConfig {
+                allow_http: self.jwt_jwks_allow_http,
+                ca_pem,
+                refresh: Duration::from_secs(self.jwt_jwks_refresh_s.max(1)),
+                min_refresh: Duration::from_secs(self.jwt_jwks_min_refresh_s.max(1)),
+                ..JwksConfig::new(url)
+            });
+        }
+        if builder.is_empty() {
+            anyhow::bail!(
+                "every RPC is authenticated: set BILLING_JWT_SECRET (or BILLING_JWT_SECRET_FILE) for HS256, \
+                 BILLING_JWT_PUBLIC_KEY (RS256/ES256), BILLING_JWT_PUBLIC_KEYS or BILLING_JWT_SECRETS \
+                 (keys by kid), or BILLING_JWT_JWKS_URL (an identity provider)"
+            );
+        }
+        builder
+            .start()
+            .await
+            .map_err(|e| anyhow::anyhow!("JWT settings: {e}"))
+    }
+}
+
+/// The HS256 secret of tokens without a key id: BILLING_JWT_SECRET, or the
+/// contents of BILLING_JWT_SECRET_FILE (one trailing newline ignored). The
+/// file is read when the flags are parsed, so everything that reads
+/// `jwt_secret` (`billing token` too) sees it. It never prints.
+#[derive(Clone, Debug)]
+pub struct JwtSecret(Secret);
+
+impl JwtSecret {
+    pub fn expose(&self) -> &str {
+        self.0.expose()
+    }
+}
+
+/// The group of the two ways to give the secret.
+const JWT_SECRET_SOURCE: &str = "jwt_secret_source";
+
+impl clap::FromArgMatches for JwtSecret {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let file = matches.get_one::<PathBuf>("jwt_secret_file");
+        Secret::resolve(
+            matches.get_one::<Secret>("jwt_secret"),
+            file.map(PathBuf::as_path),
         )
-        .map_err(|e| anyhow::anyhow!("JWT settings: {e}"))
+        .map_err(|e| clap::Error::raw(clap::error::ErrorKind::Io, format!("{e:#}\n")))?
+        .map(Self)
+        .ok_or_else(|| {
+            clap::Error::raw(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "set BILLING_JWT_SECRET or BILLING_JWT_SECRET_FILE\n",
+            )
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        if matches.contains_id(JWT_SECRET_SOURCE) {
+            *self = Self::from_arg_matches(matches)?;
+        }
+        Ok(())
+    }
+}
+
+impl clap::Args for JwtSecret {
+    fn group_id() -> Option<clap::Id> {
+        Some(clap::Id::from(JWT_SECRET_SOURCE))
+    }
+
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        cmd.arg(
+            clap::Arg::new("jwt_secret")
+                .long("jwt-secret")
+                .value_name("JWT_SECRET")
+                .env("BILLING_JWT_SECRET")
+                .hide_env_values(true)
+                .value_parser(clap::value_parser!(Secret))
+                .help("Shared secret for HS256 tokens (at least 16 bytes)"),
+        )
+        .arg(
+            clap::Arg::new("jwt_secret_file")
+                .long("jwt-secret-file")
+                .value_name("JWT_SECRET_FILE")
+                .env("BILLING_JWT_SECRET_FILE")
+                .value_parser(clap::value_parser!(PathBuf))
+                .conflicts_with("jwt_secret")
+                .help("A file holding the HS256 secret (one trailing newline is ignored)"),
+        )
+        .group(
+            clap::ArgGroup::new(JWT_SECRET_SOURCE)
+                .multiple(true)
+                .args(["jwt_secret", "jwt_secret_file"]),
+        )
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
     }
 }
 
@@ -233,13 +409,7 @@ impl ServeConfig {
                 pool_size: 16,
                 command_writers: billing_store::DEFAULT_WRITERS,
             },
-            jwt: JwtArgs {
-                jwt_secret: Some(Secret(jwt_secret.to_owned())),
-                jwt_public_key: None,
-                jwt_algorithm: PublicKeyAlgorithm::Rs256,
-                jwt_issuer: None,
-                jwt_audience: None,
-            },
+            jwt: JwtArgs::secret(jwt_secret),
             kafka: KafkaArgs {
                 kafka_brokers: None,
                 kafka_topic: "billing.account_updated.v1".to_owned(),

@@ -95,7 +95,7 @@ impl Application {
             None
         };
         let authenticator = if config.roles.contains(&Role::Api) {
-            Some(config.jwt.authenticator()?)
+            Some(config.jwt.authenticator().await?)
         } else {
             None
         };

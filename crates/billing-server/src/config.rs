@@ -1,39 +1,15 @@
 //! Configuration, read once at start-up from flags and `BILLING_*`
 //! environment variables.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use billing_api::auth::{Authenticator, JwksConfig, VerifyingKey};
 use billing_domain::RateTable;
 
-/// A secret (a database URL with a password, a JWT secret): it never prints.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_owned()))
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
+pub use crate::secret::Secret;
 
 /// A process role. One binary runs any of them, or all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -48,12 +24,113 @@ pub enum Role {
     Publisher,
 }
 
-/// Where balance changes are published.
+/// How the Kafka clients (the publisher, `billing tail`) reach the brokers:
+/// where they are, and TLS and SASL when the cluster asks for them.
 #[derive(Clone, Debug, clap::Args)]
-pub struct KafkaArgs {
+pub struct KafkaSecurityArgs {
     /// Bootstrap servers (`host:port,...`); required by the publisher role.
     #[arg(long, env = "BILLING_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
+    /// plaintext (the default), ssl, sasl_plaintext or sasl_ssl (managed
+    /// Kafka: Confluent Cloud, MSK, Aiven, Redpanda Cloud).
+    #[arg(
+        long,
+        env = "BILLING_KAFKA_SECURITY_PROTOCOL",
+        default_value = "plaintext"
+    )]
+    pub kafka_security_protocol: String,
+    /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, with a sasl_* protocol.
+    #[arg(
+        long,
+        env = "BILLING_KAFKA_SASL_MECHANISM",
+        default_value = "SCRAM-SHA-512"
+    )]
+    pub kafka_sasl_mechanism: String,
+    /// The SASL user name, with a sasl_* protocol.
+    #[arg(long, env = "BILLING_KAFKA_SASL_USERNAME")]
+    pub kafka_sasl_username: Option<String>,
+    /// The SASL password (or BILLING_KAFKA_SASL_PASSWORD_FILE).
+    #[arg(long, env = "BILLING_KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    pub kafka_sasl_password: Option<Secret>,
+    /// A file holding the SASL password (a trailing newline is ignored).
+    #[arg(
+        long,
+        env = "BILLING_KAFKA_SASL_PASSWORD_FILE",
+        conflicts_with = "kafka_sasl_password"
+    )]
+    pub kafka_sasl_password_file: Option<PathBuf>,
+    /// A PEM file of the CAs that sign the brokers' certificates (default:
+    /// the system's trust store), with ssl or sasl_ssl.
+    #[arg(long, env = "BILLING_KAFKA_SSL_CA_LOCATION")]
+    pub kafka_ssl_ca_location: Option<String>,
+    /// Any other librdkafka properties, `key=value,...` (a comma inside a
+    /// value as `\,`), applied last. Their values never print.
+    #[arg(long, env = "BILLING_KAFKA_CONFIG", hide_env_values = true)]
+    pub kafka_config: Option<Secret>,
+}
+
+impl KafkaSecurityArgs {
+    /// The connection these settings describe; `None` without brokers, an
+    /// error when the settings cannot work together.
+    pub fn connection(&self) -> anyhow::Result<Option<billing_publisher::KafkaConnection>> {
+        use billing_publisher::connection::{SaslCredentials, parse_properties};
+        let Some(brokers) = self.kafka_brokers.as_deref() else {
+            return Ok(None);
+        };
+        let security_protocol = self.kafka_security_protocol.parse()?;
+        let password = Secret::resolve(
+            self.kafka_sasl_password.as_ref(),
+            self.kafka_sasl_password_file.as_deref(),
+        )?;
+        let sasl = match (&self.kafka_sasl_username, password) {
+            (Some(username), Some(password)) => Some(SaslCredentials {
+                mechanism: self.kafka_sasl_mechanism.parse()?,
+                username: username.clone(),
+                password: password.expose().to_owned(),
+            }),
+            (None, None) => None,
+            (Some(_), None) => anyhow::bail!(
+                "BILLING_KAFKA_SASL_USERNAME is set without BILLING_KAFKA_SASL_PASSWORD (or its _FILE)"
+            ),
+            (None, Some(_)) => {
+                anyhow::bail!("a SASL password is set without BILLING_KAFKA_SASL_USERNAME")
+            }
+        };
+        let extra = match &self.kafka_config {
+            Some(text) => parse_properties(text.expose())?,
+            None => Vec::new(),
+        };
+        let connection = billing_publisher::KafkaConnection {
+            brokers: brokers.to_owned(),
+            security_protocol,
+            sasl,
+            ssl_ca_location: self.kafka_ssl_ca_location.clone(),
+            extra,
+        };
+        connection.validate()?;
+        Ok(Some(connection))
+    }
+
+    /// Plaintext to `brokers` (or none): what tests start from.
+    pub fn plaintext(brokers: Option<String>) -> Self {
+        Self {
+            kafka_brokers: brokers,
+            kafka_security_protocol: "plaintext".to_owned(),
+            kafka_sasl_mechanism: "SCRAM-SHA-512".to_owned(),
+            kafka_sasl_username: None,
+            kafka_sasl_password: None,
+            kafka_sasl_password_file: None,
+            kafka_ssl_ca_location: None,
+            kafka_config: None,
+        }
+    }
+}
+
+/// Where balance changes are published.
+#[derive(Clone, Debug, clap::Args)]
+pub struct KafkaArgs {
+    #[command(flatten)]
+    pub security: KafkaSecurityArgs,
     /// The topic of `account_updated` messages.
     #[arg(
         long,
@@ -86,9 +163,9 @@ pub struct KafkaArgs {
 impl KafkaArgs {
     /// The publisher's settings; an error without brokers.
     pub fn publisher(&self) -> anyhow::Result<billing_publisher::PublisherConfig> {
-        let brokers = self
-            .kafka_brokers
-            .as_deref()
+        let connection = self
+            .security
+            .connection()?
             .ok_or_else(|| anyhow::anyhow!("the publisher role needs BILLING_KAFKA_BROKERS"))?;
         Ok(billing_publisher::PublisherConfig {
             topic: self.kafka_topic.clone(),
@@ -96,16 +173,29 @@ impl KafkaArgs {
             digests_topic: self.kafka_digests_topic.clone(),
             partitions: self.kafka_partitions,
             replication_factor: self.kafka_replication,
-            ..billing_publisher::PublisherConfig::new(brokers)
+            ..billing_publisher::PublisherConfig::new(connection)
         })
     }
 }
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct DatabaseArgs {
-    /// PostgreSQL URL, e.g. postgres://user@127.0.0.1:5432/billing.
-    #[arg(long, env = "BILLING_DATABASE_URL", hide_env_values = true)]
-    pub database_url: Secret,
+    /// PostgreSQL URL, as libpq reads it, e.g.
+    /// postgres://user:password@db.example:5432/billing?sslmode=verify-full&sslrootcert=/etc/billing/db-ca.pem
+    #[arg(
+        long,
+        env = "BILLING_DATABASE_URL",
+        hide_env_values = true,
+        required_unless_present = "database_url_file"
+    )]
+    pub database_url: Option<Secret>,
+    /// A file holding the PostgreSQL URL (a trailing newline is ignored).
+    #[arg(
+        long,
+        env = "BILLING_DATABASE_URL_FILE",
+        conflicts_with = "database_url"
+    )]
+    pub database_url_file: Option<PathBuf>,
     /// Connections in the pool.
     #[arg(long, env = "BILLING_DB_POOL_SIZE", default_value_t = 32)]
     pub pool_size: usize,
@@ -113,6 +203,17 @@ pub struct DatabaseArgs {
     /// besides the pool. An account's commands always go to the same one.
     #[arg(long, env = "BILLING_COMMAND_WRITERS", default_value_t = billing_store::DEFAULT_WRITERS)]
     pub command_writers: usize,
+}
+
+impl DatabaseArgs {
+    /// The URL, given directly or read from its file.
+    pub fn url(&self) -> anyhow::Result<Secret> {
+        Secret::resolve(
+            self.database_url.as_ref(),
+            self.database_url_file.as_deref(),
+        )?
+        .ok_or_else(|| anyhow::anyhow!("set BILLING_DATABASE_URL or BILLING_DATABASE_URL_FILE"))
+    }
 }
 
 /// The algorithm of a public verification key.
@@ -405,13 +506,14 @@ impl ServeConfig {
     pub fn for_database(database_url: &str, jwt_secret: &str) -> Self {
         Self {
             database: DatabaseArgs {
-                database_url: Secret(database_url.to_owned()),
+                database_url: Some(Secret::new(database_url)),
+                database_url_file: None,
                 pool_size: 16,
                 command_writers: billing_store::DEFAULT_WRITERS,
             },
             jwt: JwtArgs::secret(jwt_secret),
             kafka: KafkaArgs {
-                kafka_brokers: None,
+                security: KafkaSecurityArgs::plaintext(None),
                 kafka_topic: "billing.account_updated.v1".to_owned(),
                 kafka_alerts_topic: "billing.balance_alerts.v1".to_owned(),
                 kafka_digests_topic: "billing.chain_digests.v1".to_owned(),
@@ -513,11 +615,5 @@ mod tests {
         assert!(
             Cli::try_parse_from(["billing", "--database-url", "u", "--roles", "nope"]).is_err()
         );
-    }
-
-    #[test]
-    fn the_database_url_never_prints() {
-        let url: Secret = "postgres://user:secret@host/db".parse().unwrap();
-        assert!(!format!("{url:?}").contains("secret"));
     }
 }

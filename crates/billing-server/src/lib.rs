@@ -31,6 +31,7 @@ pub mod healthcheck;
 pub mod metrics;
 pub mod projector;
 pub mod rebuild;
+pub mod secret;
 pub mod sweeper;
 pub mod telemetry;
 pub mod tls;
@@ -80,7 +81,7 @@ impl Application {
             None => None,
         };
         let store = Store::connect(
-            config.database.database_url.expose(),
+            config.database.url()?.expose(),
             config.database.pool_size,
             config.rates()?,
         )?
@@ -167,10 +168,11 @@ impl Application {
             tracing::info!("started the projector: keeps balances and the ledger current");
             tasks.spawn(projector::run(self.store.clone(), stop_rx.clone()));
         }
-        let brokers = self.publisher.as_ref().map(|p| p.brokers.clone());
+        let brokers = self.publisher.as_ref().map(|p| p.connection.clone());
         if let Some(publisher) = self.publisher {
             tracing::info!(
-                brokers = %publisher.brokers,
+                brokers = %publisher.connection.brokers,
+                security = publisher.connection.security_protocol.as_str(),
                 topic = %publisher.topic,
                 "started the publisher: sends every balance change to Kafka"
             );

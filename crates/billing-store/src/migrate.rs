@@ -62,6 +62,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0011_write_batch_fenced_updates",
         include_str!("../../../migrations/0011_write_batch_fenced_updates.sql"),
     ),
+    (
+        12,
+        "0012_drop_write_batch_0010",
+        include_str!("../../../migrations/0012_drop_write_batch_0010.sql"),
+    ),
 ];
 
 /// Serializes concurrent migrators (several replicas starting at once).

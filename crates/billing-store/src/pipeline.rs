@@ -14,7 +14,13 @@ use uuid::Uuid;
 use crate::batch::Writes;
 use crate::document::{Document, documents};
 use crate::outcome::{SlimOutcome, StoredCommit};
+use crate::sql::WriteBatch;
 use crate::{StoreError, sql};
+
+mod fence;
+
+pub(crate) use fence::Fence;
+use fence::SplitFence;
 
 /// Why an attempt failed, and whether its COMMIT had been sent (then its
 /// outcome is unknown and it must not be retried blindly).
@@ -30,16 +36,6 @@ impl<E: Into<StoreError>> From<E> for Failed {
             commit_sent: false,
         }
     }
-}
-
-/// What the fast path sends ahead of its writes: the accounts' locks, and
-/// the version and chain head (`None` before the first hashed event) of each
-/// account as it was decided from.
-pub(crate) struct Fence<'a> {
-    pub(crate) lock_keys: &'a [i64],
-    pub(crate) ids: &'a [Uuid],
-    pub(crate) versions: &'a [i64],
-    pub(crate) heads: &'a [Option<Vec<u8>>],
 }
 
 pub(crate) type Step<'a> =
@@ -83,49 +79,19 @@ pub(crate) async fn write(
         .iter()
         .filter(|r| r.expected_version.is_none())
         .collect();
-    let created_ids: Vec<Uuid> = created.iter().map(|r| r.account.id).collect();
-    let created_customers: Vec<Uuid> = created.iter().map(|r| r.account.customer_id).collect();
-    let created_versions: Vec<i64> = created.iter().map(|r| r.account.version).collect();
-    let created_states = documents(created.iter().map(|r| &r.account))?;
-    let created_due: Vec<_> = created.iter().map(|r| r.account.next_due()).collect();
-    let created_at: Vec<_> = created.iter().map(|r| r.updated_at).collect();
-
     let updated: Vec<_> = writes
         .accounts
         .iter()
         .filter_map(|r| r.expected_version.map(|v| (r, v)))
         .collect();
     let updated_ids: Vec<Uuid> = updated.iter().map(|(r, _)| r.account.id).collect();
-    let updated_states = documents(updated.iter().map(|(r, _)| &r.account))?;
-    let updated_versions: Vec<i64> = updated.iter().map(|(r, _)| r.account.version).collect();
-    let updated_due: Vec<_> = updated.iter().map(|(r, _)| r.account.next_due()).collect();
-    let updated_at: Vec<_> = updated.iter().map(|(r, _)| r.updated_at).collect();
-    let expected: Vec<i64> = updated.iter().map(|(_, v)| *v).collect();
+    let updated_expected: Vec<i64> = updated.iter().map(|(_, v)| *v).collect();
+    let fence_split = SplitFence::of(fence, &updated_ids, &updated_expected);
 
     let e = &writes.events;
-    let event_ids: Vec<Uuid> = e.iter().map(|r| r.event_id).collect();
-    let event_accounts: Vec<Uuid> = e.iter().map(|r| r.account_id).collect();
-    let event_versions: Vec<i64> = e.iter().map(|r| r.version).collect();
-    let event_types: Vec<&str> = e.iter().map(|r| r.event.event_type()).collect();
-    let event_times: Vec<_> = e.iter().map(|r| r.occurred_at).collect();
-    let principals: Vec<&str> = e.iter().map(|r| r.principal.as_str()).collect();
-    let roles: Vec<&str> = e.iter().map(|r| r.role.as_str()).collect();
-    let event_keys: Vec<Option<&str>> = e.iter().map(|r| r.idempotency_key.as_deref()).collect();
-    let traces: Vec<Option<&str>> = e.iter().map(|r| r.trace_id.as_deref()).collect();
-    let spans: Vec<Option<&str>> = e.iter().map(|r| r.span_id.as_deref()).collect();
-    let payloads: Vec<&Document> = e.iter().map(|r| &r.payload).collect();
     let column = |f: fn(&billing_domain::Balances) -> i64| -> Vec<i64> {
         e.iter().map(|r| f(&r.balances)).collect()
     };
-    let balance_credit = column(|b| b.balance_credit.get());
-    let balance_token = column(|b| b.balance_token.get());
-    let reserved_credit = column(|b| b.reserved_credit.get());
-    let reserved_token = column(|b| b.reserved_token.get());
-    let available_credit = column(|b| b.available_credit.get());
-    let available_token = column(|b| b.available_token.get());
-    let accounts_after: Vec<&Document> = e.iter().map(|r| &r.account_after).collect();
-    let event_hashes: Vec<&[u8]> = e.iter().map(|r| r.hash.as_slice()).collect();
-
     let reservation_columns = |new: bool| -> Result<ReservationColumns<'_>, StoreError> {
         let rows: Vec<_> = writes
             .reservations
@@ -158,77 +124,88 @@ pub(crate) async fn write(
             updated_at: rows.iter().map(|r| r.updated_at).collect(),
         })
     };
-    let new_reservations = reservation_columns(true)?;
-    let changed_reservations = reservation_columns(false)?;
-
+    let new_res = reservation_columns(true)?;
+    let res = reservation_columns(false)?;
     let k = &writes.keys;
-    let keys: Vec<&str> = k.iter().map(|r| r.key.as_str()).collect();
-    let operations: Vec<&str> = k.iter().map(|r| r.operation).collect();
-    let hashes: Vec<&[u8]> = k.iter().map(|r| r.request_hash.as_slice()).collect();
-    let key_accounts: Vec<Uuid> = k.iter().map(|r| r.account_id).collect();
-    let outcomes: Vec<Document> = k
-        .iter()
-        .map(
-            |r| match r.slim.then(|| SlimOutcome::of(&r.outcome)).flatten() {
-                Some(slim) => Document::of(&slim),
-                None => Document::of(&r.outcome),
-            },
-        )
-        .collect::<Result<_, _>>()?;
-    let key_times: Vec<_> = k.iter().map(|r| r.created_at).collect();
 
-    let no_keys: &[i64] = &[];
-    let lock_keys = fence.map_or(no_keys, |f| f.lock_keys);
-    let split = SplitFence::of(fence, &updated_ids, &expected);
-    let mut params: Vec<Param<'_>> = vec![
-        &lock_keys,
-        &split.ids,
-        &split.versions,
-        &split.heads,
-        &created_ids,
-        &created_customers,
-        &created_versions,
-        &created_states,
-        &created_due,
-        &created_at,
-        &updated_ids,
-        &updated_states,
-        &updated_versions,
-        &updated_due,
-        &updated_at,
-        &expected,
-        &split.updated_heads,
-        &billing_domain::EVENT_SCHEMA_VERSION,
-        &event_ids,
-        &event_accounts,
-        &event_versions,
-        &event_types,
-        &event_times,
-        &principals,
-        &roles,
-        &event_keys,
-        &traces,
-        &payloads,
-        &balance_credit,
-        &balance_token,
-        &reserved_credit,
-        &reserved_token,
-        &available_credit,
-        &available_token,
-        &accounts_after,
-        &event_hashes,
-        &spans,
-    ];
-    params.extend(new_reservations.params());
-    params.extend(changed_reservations.params());
-    params.extend::<[Param<'_>; 6]>([
-        &keys,
-        &operations,
-        &hashes,
-        &key_accounts,
-        &outcomes,
-        &key_times,
-    ]);
+    // Every argument by the name of the function's parameter it is passed
+    // to (`sql::WriteBatch`): the statement binds them by name.
+    let arguments = WriteBatch {
+        lock_keys: fence.map_or(&[], |f| f.lock_keys),
+        fence_ids: fence_split.ids,
+        fence_versions: fence_split.versions,
+        fence_heads: fence_split.heads,
+
+        created_ids: created.iter().map(|r| r.account.id).collect(),
+        created_customers: created.iter().map(|r| r.account.customer_id).collect(),
+        created_versions: created.iter().map(|r| r.account.version).collect(),
+        created_states: documents(created.iter().map(|r| &r.account))?,
+        created_due: created.iter().map(|r| r.account.next_due()).collect(),
+        created_at_: created.iter().map(|r| r.updated_at).collect(),
+
+        updated_states: documents(updated.iter().map(|(r, _)| &r.account))?,
+        updated_versions: updated.iter().map(|(r, _)| r.account.version).collect(),
+        updated_due: updated.iter().map(|(r, _)| r.account.next_due()).collect(),
+        updated_at_: updated.iter().map(|(r, _)| r.updated_at).collect(),
+        updated_ids,
+        updated_expected,
+        updated_heads: fence_split.updated_heads,
+
+        event_schema: billing_domain::EVENT_SCHEMA_VERSION,
+        event_ids: e.iter().map(|r| r.event_id).collect(),
+        event_accounts: e.iter().map(|r| r.account_id).collect(),
+        event_versions: e.iter().map(|r| r.version).collect(),
+        event_types: e.iter().map(|r| r.event.event_type()).collect(),
+        event_times: e.iter().map(|r| r.occurred_at).collect(),
+        event_principals: e.iter().map(|r| r.principal.as_str()).collect(),
+        event_roles: e.iter().map(|r| r.role.as_str()).collect(),
+        event_keys: e.iter().map(|r| r.idempotency_key.as_deref()).collect(),
+        event_traces: e.iter().map(|r| r.trace_id.as_deref()).collect(),
+        event_payloads: e.iter().map(|r| &r.payload).collect(),
+        event_bc: column(|b| b.balance_credit.get()),
+        event_bt: column(|b| b.balance_token.get()),
+        event_rc: column(|b| b.reserved_credit.get()),
+        event_rt: column(|b| b.reserved_token.get()),
+        event_ac: column(|b| b.available_credit.get()),
+        event_avt: column(|b| b.available_token.get()),
+        event_views: e.iter().map(|r| &r.account_after).collect(),
+        event_hashes: e.iter().map(|r| r.hash.as_slice()).collect(),
+        event_spans: e.iter().map(|r| r.span_id.as_deref()).collect(),
+
+        new_res_ids: new_res.ids,
+        new_res_accounts: new_res.accounts,
+        new_res_statuses: new_res.statuses,
+        new_res_holds: new_res.holds,
+        new_res_expiry: new_res.expires_at,
+        new_res_commits: new_res.commits,
+        new_res_resolved: new_res.resolved,
+        new_res_at: new_res.updated_at,
+
+        res_ids: res.ids,
+        res_accounts: res.accounts,
+        res_statuses: res.statuses,
+        res_holds: res.holds,
+        res_expiry: res.expires_at,
+        res_commits: res.commits,
+        res_resolved: res.resolved,
+        res_at: res.updated_at,
+
+        key_names: k.iter().map(|r| r.key.as_str()).collect(),
+        key_operations: k.iter().map(|r| r.operation).collect(),
+        key_hashes: k.iter().map(|r| r.request_hash.as_slice()).collect(),
+        key_accounts: k.iter().map(|r| r.account_id).collect(),
+        key_outcomes: k
+            .iter()
+            .map(
+                |r| match r.slim.then(|| SlimOutcome::of(&r.outcome)).flatten() {
+                    Some(slim) => Document::of(&slim),
+                    None => Document::of(&r.outcome),
+                },
+            )
+            .collect::<Result<_, _>>()?,
+        key_at: k.iter().map(|r| r.created_at).collect(),
+    };
+    let params = arguments.params();
     let writes = query(client, &s.write_batch, params);
     let result = match fence {
         // The fast path: the call alone is the transaction (an implicit
@@ -259,52 +236,7 @@ pub(crate) async fn write(
     })
 }
 
-/// The fast path's fence as the call takes it: an account the batch updates
-/// is fenced by its UPDATE (the version it was decided from, which is the
-/// update's expected version, and the chain head in `updated_heads`); the
-/// fence proper keeps the accounts decided from but not written.
-struct SplitFence<'a> {
-    ids: Vec<Uuid>,
-    versions: Vec<i64>,
-    heads: Vec<Option<&'a [u8]>>,
-    /// One per updated account: its head where the fence named one.
-    updated_heads: Vec<Option<&'a [u8]>>,
-}
-
-impl<'a> SplitFence<'a> {
-    fn of(fence: Option<&Fence<'a>>, updated_ids: &[Uuid], expected: &[i64]) -> Self {
-        let mut split = Self {
-            ids: Vec::new(),
-            versions: Vec::new(),
-            heads: Vec::new(),
-            updated_heads: vec![None; updated_ids.len()],
-        };
-        let Some(fence) = fence else {
-            return split;
-        };
-        let mut updated: Vec<(Uuid, usize)> = updated_ids.iter().copied().zip(0..).collect();
-        updated.sort_unstable();
-        for ((id, version), head) in fence.ids.iter().zip(fence.versions).zip(fence.heads) {
-            let head = head.as_deref();
-            let at = updated
-                .binary_search_by(|(u, _)| u.cmp(id))
-                .ok()
-                .map(|found| updated[found].1);
-            // The update checks the version it expects: where that is the
-            // version decided from, the update is this account's fence.
-            match at {
-                Some(i) if expected[i] == *version => split.updated_heads[i] = head,
-                _ => {
-                    split.ids.push(*id);
-                    split.versions.push(*version);
-                    split.heads.push(head);
-                }
-            }
-        }
-        split
-    }
-}
-
+/// One set of reservation rows (new, or changed) as columns.
 struct ReservationColumns<'a> {
     ids: Vec<&'a str>,
     accounts: Vec<Uuid>,
@@ -315,21 +247,6 @@ struct ReservationColumns<'a> {
     commits: Vec<Option<Document>>,
     resolved: Vec<Option<i64>>,
     updated_at: Vec<chrono::DateTime<chrono::Utc>>,
-}
-
-impl ReservationColumns<'_> {
-    fn params(&self) -> Vec<Param<'_>> {
-        vec![
-            &self.ids,
-            &self.accounts,
-            &self.statuses,
-            &self.holds,
-            &self.expires_at,
-            &self.commits,
-            &self.resolved,
-            &self.updated_at,
-        ]
-    }
 }
 
 /// A writer's own connection and its prepared statements.
@@ -380,65 +297,8 @@ impl Connection {
             load_accounts: client.prepare(sql::LOAD_ACCOUNTS).await?,
             load_keys: client.prepare(sql::LOAD_KEYS).await?,
             load_reservations: client.prepare(sql::LOAD_RESERVATIONS).await?,
-            write_batch: client.prepare(sql::WRITE_BATCH).await?,
+            write_batch: client.prepare(&sql::write_batch()).await?,
         };
         Ok(Self { client, statements })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn id(n: u128) -> Uuid {
-        Uuid::from_u128(n)
-    }
-
-    #[test]
-    fn without_a_fence_nothing_is_fenced() {
-        let split = SplitFence::of(None, &[id(1), id(2)], &[3, 4]);
-        assert!(split.ids.is_empty() && split.versions.is_empty() && split.heads.is_empty());
-        assert_eq!(split.updated_heads, vec![None, None]);
-    }
-
-    #[test]
-    fn an_updated_account_is_fenced_by_its_update_and_the_rest_by_the_fence_proper() {
-        let (a, b, c, d) = (id(1), id(2), id(3), id(4));
-        let heads = [Some(vec![0xaa]), Some(vec![0xbb]), None, Some(vec![0xdd])];
-        let fence = Fence {
-            lock_keys: &[],
-            ids: &[a, b, c, d],
-            versions: &[10, 20, 30, 40],
-            heads: &heads,
-        };
-        // Updated out of the fence's order: d as decided from, a as decided
-        // from, and b at a version other than the one decided from (so its
-        // update cannot stand for the fence). c is decided from only.
-        let updated = [d, b, a];
-        let expected = [40, 21, 10];
-        let split = SplitFence::of(Some(&fence), &updated, &expected);
-
-        assert_eq!(split.ids, vec![b, c]);
-        assert_eq!(split.versions, vec![20, 30]);
-        assert_eq!(split.heads, vec![Some(&[0xbb][..]), None]);
-        assert_eq!(
-            split.updated_heads,
-            vec![Some(&[0xdd][..]), None, Some(&[0xaa][..])]
-        );
-    }
-
-    #[test]
-    fn an_updated_account_without_a_head_yet_is_still_fenced_by_its_update() {
-        let a = id(7);
-        let heads = [None];
-        let fence = Fence {
-            lock_keys: &[],
-            ids: &[a],
-            versions: &[0],
-            heads: &heads,
-        };
-        let split = SplitFence::of(Some(&fence), &[a], &[0]);
-        assert!(split.ids.is_empty());
-        assert_eq!(split.updated_heads, vec![None]);
     }
 }

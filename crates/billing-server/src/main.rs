@@ -126,6 +126,7 @@ enum Cmd {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    billing_server::tls::install_crypto_provider();
     let cli = Cli::parse();
     // Only `serve` exports traces.
     let traces = match &cli.command {

@@ -159,6 +159,9 @@ impl Telemetry {
 /// Installs the global subscriber: logs, and with `traces` (and their
 /// endpoint) the OpenTelemetry layer. Call once, at start-up.
 pub fn init(format: LogFormat, traces: Option<&TraceArgs>) -> anyhow::Result<Telemetry> {
+    // The OTLP exporter's HTTP client builds its TLS settings at start,
+    // whether or not the endpoint is https.
+    crate::tls::install_crypto_provider();
     let provider = match traces {
         Some(args) if args.otlp_endpoint.is_some() => Some(tracer_provider(args)?),
         _ => None,

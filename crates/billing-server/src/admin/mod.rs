@@ -40,9 +40,52 @@ pub struct AdminArgs {
     json: bool,
     /// TLS for an https:// address.
     #[command(flatten)]
-    tls: crate::tls::ClientTlsArgs,
+    tls: AdminTlsArgs,
     #[command(subcommand)]
     command: AdminCommand,
+}
+
+/// `billing call`'s TLS settings, but for the client key's flag: `--key`
+/// is the idempotency key of the commands that change money, so here the
+/// client key is `--tls-key` (the variable is the same, BILLING_TLS_KEY).
+#[derive(Clone, Debug, Default, clap::Args)]
+struct AdminTlsArgs {
+    /// For an https:// address: a PEM file of the CA certificate(s) to trust
+    /// (default: the system's roots).
+    #[arg(long = "ca", env = "BILLING_TLS_CA", global = true)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// For an https:// address: a PEM client certificate, for a server that
+    /// requires one (mutual TLS). Needs --tls-key.
+    #[arg(
+        long = "cert",
+        env = "BILLING_TLS_CERT",
+        requires = "tls_key",
+        global = true
+    )]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --cert.
+    #[arg(
+        long = "tls-key",
+        env = "BILLING_TLS_KEY",
+        requires = "tls_cert",
+        global = true
+    )]
+    tls_key: Option<std::path::PathBuf>,
+    /// For an https:// address: the name the server's certificate must carry
+    /// (default: the address's host).
+    #[arg(long, env = "BILLING_TLS_SERVER_NAME", global = true)]
+    tls_server_name: Option<String>,
+}
+
+impl From<AdminTlsArgs> for crate::tls::ClientTlsArgs {
+    fn from(args: AdminTlsArgs) -> Self {
+        Self {
+            tls_ca: args.tls_ca,
+            tls_cert: args.tls_cert,
+            tls_key: args.tls_key,
+            tls_server_name: args.tls_server_name,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -195,7 +238,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         tls,
         command,
     } = args;
-    let mut client = connect(&addr, &tls, token.as_deref()).await?;
+    let mut client = connect(&addr, &tls.into(), token.as_deref()).await?;
     let out = view::Output { json };
     let result = match command {
         AdminCommand::Accounts {

@@ -21,6 +21,17 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 pub use client::ClientTlsArgs;
 pub use server::{ServerTls, TlsArgs};
 
+/// Installs ring as the process's crypto provider, once (later calls do
+/// nothing). Clients that build their TLS configuration without naming a
+/// provider need one installed: reqwest's (the OTLP exporter over https, the
+/// JWKS fetch) panics without. `main` and telemetry call it first.
+pub fn install_crypto_provider() {
+    if CryptoProvider::get_default().is_none() {
+        #[allow(deprecated)]
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
 /// The process's crypto provider if one was installed, else ring: the one
 /// provider in the build (rustls deprecates ring's for want of post-quantum
 /// key exchange; it is still the one this build has).

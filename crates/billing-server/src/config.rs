@@ -29,7 +29,7 @@ pub enum Role {
 #[derive(Clone, Debug, clap::Args)]
 pub struct KafkaSecurityArgs {
     /// Bootstrap servers (`host:port,...`); required by the publisher role.
-    #[arg(long, env = "BILLING_KAFKA_BROKERS")]
+    #[arg(long, visible_alias = "brokers", env = "BILLING_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
     /// plaintext (the default), ssl, sasl_plaintext or sasl_ssl (managed
     /// Kafka: Confluent Cloud, MSK, Aiven, Redpanda Cloud).
@@ -599,6 +599,23 @@ mod tests {
             ServeConfig::for_database("x", "0123456789abcdef").roles,
             cli.serve.roles,
             "tests run what users run"
+        );
+    }
+
+    #[test]
+    fn billing_tail_still_takes_brokers_as_it_always_did() {
+        #[derive(Debug, Parser)]
+        struct Tail {
+            #[command(flatten)]
+            kafka: KafkaSecurityArgs,
+        }
+        let tail = Tail::try_parse_from(["tail", "--brokers", "b:9092"]).unwrap();
+        assert_eq!(tail.kafka.kafka_brokers.as_deref(), Some("b:9092"));
+        let connection = tail.kafka.connection().unwrap().unwrap();
+        assert_eq!(
+            connection.security_protocol,
+            billing_publisher::connection::SecurityProtocol::Plaintext,
+            "plaintext unless told"
         );
     }
 

@@ -18,6 +18,7 @@ use rdkafka::Message as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers as _;
 use serde_json::Value;
+use support::broker::OwnBroker;
 use support::{TestApp, commit_ms, reserve};
 
 fn brokers() -> String {
@@ -288,79 +289,6 @@ async fn a_low_balance_crossing_alerts_once_and_recovery_once() {
     assert_eq!(alerts[1].1["data"]["available_credit"], 21_000_000);
 }
 
-/// A broker of the test's own, to stop and resume.
-struct OwnBroker {
-    child: Child,
-    port: u16,
-}
-
-impl OwnBroker {
-    fn start() -> Self {
-        let port = support::free_addr().port();
-        Self::start_on(port, "memory://nisshi/")
-    }
-
-    /// A broker on `port` keeping its topics in `storage` (nisshi's
-    /// `--storage-engine`): a PostgreSQL URL keeps them across a restart.
-    fn start_on(port: u16, storage: &str) -> Self {
-        let nisshi = std::env::var("BILLING_TEST_NISSHI").unwrap_or_else(|_| {
-            panic!("BILLING_TEST_NISSHI is not set: run the tests with `make test`")
-        });
-        let url = format!("tcp://127.0.0.1:{port}");
-        let mut child = Command::new(nisshi)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args([
-                "--group-initial-rebalance-delay",
-                "0s",
-                "--storage-engine",
-                storage,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nisshi");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Self { child, port };
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("nisshi did not listen on {port}");
-    }
-
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        // A stopped broker must be resumed to die; a dead one needs nothing.
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.child.id().to_string()])
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn a_stopped_broker_loses_nothing_and_the_rpcs_keep_working() {
     let broker = OwnBroker::start();
@@ -426,8 +354,7 @@ async fn a_restarted_broker_is_published_to_again_within_seconds_of_its_return()
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The broker dies; changes go on; it comes back after a few seconds.
-    let _ = broker.child.kill();
-    let _ = broker.child.wait();
+    broker.kill();
     for round in 1..3 {
         traffic(&app, &id, round).await;
     }

@@ -11,7 +11,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use billing_publisher::KafkaConnection;
@@ -22,6 +22,7 @@ use billing_testkit::pki::{Ca, TempDir};
 use futures::StreamExt as _;
 use rdkafka::Message as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use support::broker::OwnBroker;
 use tokio::sync::oneshot;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -30,57 +31,9 @@ use tonic_health::pb::health_client::HealthClient;
 const USER: &str = "billing-publisher";
 const PASSWORD: &str = "correct horse battery staple";
 
-/// A broker of the test's own; killed when dropped.
-struct Broker {
-    child: Child,
-    port: u16,
-}
-
-impl Broker {
-    /// nisshi on a free port with `extra` arguments, keeping its topics (and
-    /// users) in `storage`.
-    fn start(storage: &str, extra: &[&str]) -> Self {
-        let nisshi = std::env::var("BILLING_TEST_NISSHI").unwrap_or_else(|_| {
-            panic!("BILLING_TEST_NISSHI is not set: run the tests with `make test`")
-        });
-        let port = support::free_addr().port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let mut child = Command::new(nisshi)
-            .args(["broker", "--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
-            .args(["--group-initial-rebalance-delay", "0s"])
-            .args(["--storage-engine", storage])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nisshi");
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Self { child, port };
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("nisshi did not listen on {port}");
-    }
-
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A broker listening only for TLS, with a certificate for 127.0.0.1 signed
 /// by `ca`, keeping its state in `storage`.
-fn tls_broker(ca: &Ca, dir: &Path, storage: &str, extra: &[&str]) -> Broker {
+fn tls_broker(ca: &Ca, dir: &Path, storage: &str, extra: &[&str]) -> OwnBroker {
     let (cert, key) = ca.server(&["127.0.0.1", "localhost"]).write(dir, "broker");
     let mut args = vec![
         "--cert",
@@ -89,7 +42,7 @@ fn tls_broker(ca: &Ca, dir: &Path, storage: &str, extra: &[&str]) -> Broker {
         key.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    Broker::start(storage, &args)
+    OwnBroker::start_with(support::free_addr().port(), storage, &args)
 }
 
 /// A database of its own for a broker's topics and users (they must
@@ -103,8 +56,8 @@ async fn broker_storage() -> (String, billing_testkit::TestDb) {
 /// authentication on the same storage, which then restarts asking for it
 /// (nisshi keeps users in its storage; with authentication on, making one
 /// would itself need one).
-fn scram_broker(ca: &Ca, dir: &Path, storage: &str) -> Broker {
-    let open = Broker::start(storage, &[]);
+fn scram_broker(ca: &Ca, dir: &Path, storage: &str) -> OwnBroker {
+    let open = OwnBroker::start_on(support::free_addr().port(), storage);
     let nisshi = std::env::var("BILLING_TEST_NISSHI").unwrap();
     let made = Command::new(nisshi)
         .args(["user", "create", "--mechanism", "scram512", "--broker"])

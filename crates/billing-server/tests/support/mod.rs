@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod broker;
+
 use billing_proto::v1 as pb;
 use billing_proto::v1::billing_service_client::BillingServiceClient;
 use billing_server::{Application, ServeConfig};

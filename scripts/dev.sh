@@ -82,7 +82,7 @@ cmd_run() {
   fi
   # Every RPC needs a bearer token: without configured keys, a development
   # secret is made once and kept (owner-only) in .dev/jwt-secret.
-  if [ -z "${BILLING_JWT_SECRET:-}" ] && [ -z "${BILLING_JWT_PUBLIC_KEY:-}" ]; then
+  if [ -z "${BILLING_JWT_SECRET:-}${BILLING_JWT_SECRET_FILE:-}${BILLING_JWT_PUBLIC_KEY:-}${BILLING_JWT_PUBLIC_KEYS:-}${BILLING_JWT_SECRETS:-}${BILLING_JWT_JWKS_URL:-}" ]; then
     if [ ! -s "$dev/jwt-secret" ]; then
       (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dev/jwt-secret")
     fi
@@ -111,6 +111,12 @@ cmd_run() {
 billing: gRPC API on $addr (health and reflection need no token)
 Prometheus metrics: http://$BILLING_METRICS_ADDR/metrics
 TXT
+  if [ -n "${BILLING_TLS_CERT:-}" ]; then
+    cat <<TXT
+gRPC is served over TLS (BILLING_TLS_CERT): give every call below
+  --addr https://localhost:${addr##*:} --ca <the CA that signed the certificate>
+TXT
+  fi
   if [ -n "${BILLING_JWT_SECRET:-}" ]; then
     cat <<TXT
 Tokens, valid for 12 hours ($bin token mints more):

@@ -14,128 +14,25 @@
 
 mod jwks;
 mod keys;
+mod layer;
+mod policy;
 
 use std::collections::HashSet;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
-use billing_store::Actor;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, Validation};
 use lru::LruCache;
 use serde::{Deserialize, Serialize};
-use tonic::Status;
-use tonic::body::Body;
-use tonic::server::NamedService;
 use uuid::Uuid;
 
 use self::jwks::Jwks;
 pub use self::jwks::JwksConfig;
 use self::keys::Key;
 pub use self::keys::VerifyingKey;
-
-/// Who may do what.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// Everything.
-    ProjectSuperAdmin,
-    /// Call control: rating, holds, charges, and reading accounts.
-    Service,
-    /// Reads its own customer's account, balance and ledger.
-    CustomerAdmin,
-}
-
-impl Role {
-    pub const ALL: [Self; 3] = [Self::ProjectSuperAdmin, Self::Service, Self::CustomerAdmin];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::ProjectSuperAdmin => "project_super_admin",
-            Self::Service => "service",
-            Self::CustomerAdmin => "customer_admin",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-}
-
-/// An authenticated caller.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Principal {
-    /// The token's `sub`.
-    pub subject: String,
-    pub role: Role,
-    /// Required for customer admins: the customer whose accounts they read.
-    pub customer_id: Option<Uuid>,
-    /// The token's `exp` (seconds since the epoch): a long-lived call (a
-    /// `WatchAccount` stream) ends when its token does.
-    pub expires_at: u64,
-}
-
-impl Principal {
-    /// The actor recorded on the events this principal causes.
-    pub fn actor(&self) -> Actor {
-        Actor {
-            principal: self.subject.clone(),
-            role: self.role.as_str().to_owned(),
-        }
-    }
-
-    /// How long the token stays valid from now, with the leeway every
-    /// call gets (zero once it has expired).
-    pub fn valid_for(&self) -> std::time::Duration {
-        let now = jsonwebtoken::get_current_timestamp();
-        std::time::Duration::from_secs(
-            self.expires_at
-                .saturating_add(LEEWAY_SECONDS)
-                .saturating_sub(now),
-        )
-    }
-
-    /// Whether this principal may read or act on an account owned by
-    /// `owner` (its stored customer). Only customer admins are restricted.
-    pub fn may_access(&self, owner: Uuid) -> bool {
-        match self.role {
-            Role::ProjectSuperAdmin | Role::Service => true,
-            Role::CustomerAdmin => self.customer_id == Some(owner),
-        }
-    }
-}
-
-/// The RPCs each role may call; anything not listed is denied. Customer
-/// admins are further limited to their own account by the handlers.
-pub fn permits(role: Role, rpc: &str) -> bool {
-    match role {
-        Role::ProjectSuperAdmin => true,
-        Role::Service => matches!(
-            rpc,
-            "Rate"
-                | "Reserve"
-                | "Extend"
-                | "Commit"
-                | "Release"
-                | "Debit"
-                | "GetBillingAccount"
-                | "GetBalance"
-                | "EstimateCost"
-                | "ComparePlans"
-                | "WatchAccount"
-        ),
-        Role::CustomerAdmin => matches!(
-            rpc,
-            "GetBillingAccount"
-                | "GetBalance"
-                | "ListTransactions"
-                | "Rate"
-                | "EstimateCost"
-                | "ComparePlans"
-                | "WatchAccount"
-        ),
-    }
-}
+pub use self::layer::{AuthLayer, Authenticated, authorization};
+pub use self::policy::{Principal, Role, permits};
 
 /// The claims of our tokens.
 #[derive(Debug, Serialize, Deserialize)]
@@ -639,142 +536,6 @@ pub fn mint_hs256(
         &EncodingKey::from_secret(secret),
     )
     .map_err(|e| e.to_string())
-}
-
-/// The layer that authenticates and authorizes every call of the service it
-/// wraps.
-#[derive(Clone, Debug)]
-pub struct AuthLayer {
-    authenticator: Arc<Authenticator>,
-}
-
-impl AuthLayer {
-    pub fn new(authenticator: Authenticator) -> Self {
-        Self {
-            authenticator: Arc::new(authenticator),
-        }
-    }
-}
-
-impl<S> tower::Layer<S> for AuthLayer {
-    type Service = Authenticated<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Authenticated {
-            inner,
-            authenticator: self.authenticator.clone(),
-        }
-    }
-}
-
-/// A service whose calls carry a verified, authorized [`Principal`].
-#[derive(Clone, Debug)]
-pub struct Authenticated<S> {
-    inner: S,
-    authenticator: Arc<Authenticator>,
-}
-
-impl<S: NamedService> NamedService for Authenticated<S> {
-    const NAME: &'static str = S::NAME;
-}
-
-type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
-
-/// The request's one `authorization` header, if any. Two are refused: which
-/// one counts would be up to whichever proxy or server reads them.
-pub fn authorization(headers: &http::HeaderMap) -> Result<Option<&str>, Unauthenticated> {
-    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
-    let first = values.next();
-    if values.next().is_some() {
-        return Err(Unauthenticated("more than one authorization header"));
-    }
-    Ok(first.and_then(|v| v.to_str().ok()))
-}
-
-/// The call's status when its principal may not make it; otherwise the
-/// principal goes with the request to the handler.
-fn admit(
-    rpc: &str,
-    verified: Result<Principal, Unauthenticated>,
-    request: &mut http::Request<Body>,
-) -> Result<(), Status> {
-    match verified {
-        Err(reason) => {
-            tracing::info!(rpc, %reason, "unauthenticated call refused");
-            Err(Status::unauthenticated(reason.to_string()))
-        }
-        Ok(principal) if !permits(principal.role, rpc) => {
-            tracing::warn!(rpc, principal = %principal.subject, role = principal.role.as_str(),
-                "call denied by role");
-            Err(crate::status::denied(rpc, principal.role))
-        }
-        Ok(principal) => {
-            request.extensions_mut().insert(principal.actor());
-            request.extensions_mut().insert(principal);
-            Ok(())
-        }
-    }
-}
-
-impl<S> tower::Service<http::Request<Body>> for Authenticated<S>
-where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
-        let rpc = request
-            .uri()
-            .path()
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        let rpc = crate::status::clip(&rpc, crate::status::MAX_METADATA_BYTES);
-        let verified = authorization(request.headers())
-            .map_err(Refusal::from)
-            .and_then(|header| {
-                bearer(header)
-                    .map_err(Refusal::from)
-                    .and_then(|token| self.authenticator.check(token))
-            });
-        let verified = match verified {
-            // A key id not fetched yet: after a rotation, the first token
-            // signed with the new key waits for the refresh.
-            Err(Refusal::UnknownKid) if self.authenticator.has_jwks() => {
-                let header = authorization(request.headers())
-                    .ok()
-                    .flatten()
-                    .map(str::to_owned);
-                let authenticator = self.authenticator.clone();
-                // The clone is not ready; the service polled ready is.
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
-                return Box::pin(async move {
-                    let verified = authenticator.verify(header.as_deref()).await;
-                    match admit(&rpc, verified, &mut request) {
-                        Ok(()) => inner.call(request).await,
-                        Err(status) => Ok(status.into_http()),
-                    }
-                });
-            }
-            verified => verified.map_err(Refusal::reason),
-        };
-        match admit(&rpc, verified, &mut request) {
-            Ok(()) => Box::pin(self.inner.call(request)),
-            Err(status) => Box::pin(async move { Ok(status.into_http()) }),
-        }
-    }
 }
 
 #[cfg(test)]

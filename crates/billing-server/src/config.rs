@@ -289,6 +289,24 @@ pub struct JwtArgs {
 }
 
 impl JwtArgs {
+    /// The HS256 secrets by key id (`BILLING_JWT_SECRETS`, `kid=secret,...`).
+    /// An error never shows an entry: it holds a secret.
+    pub fn named_secrets(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let Some(secrets) = &self.jwt_secrets else {
+            return Ok(Vec::new());
+        };
+        let entries = secrets.expose().split(',').filter(|e| !e.trim().is_empty());
+        entries
+            .enumerate()
+            .map(|(n, entry)| {
+                let (kid, secret) = entry.split_once('=').ok_or_else(|| {
+                    anyhow::anyhow!("BILLING_JWT_SECRETS: entry {} is not kid=secret", n + 1)
+                })?;
+                Ok((kid.trim().to_owned(), secret.to_owned()))
+            })
+            .collect()
+    }
+
     /// Only an HS256 secret, as tests use.
     pub fn secret(secret: &str) -> Self {
         Self {
@@ -334,15 +352,8 @@ impl JwtArgs {
                 .map_err(|e| anyhow::anyhow!("the JWT public key {kid} ({path}): {e}"))?;
             builder = builder.named_key(kid.trim(), key);
         }
-        if let Some(secrets) = &self.jwt_secrets {
-            let entries = secrets.expose().split(',').filter(|e| !e.trim().is_empty());
-            for (n, entry) in entries.enumerate() {
-                // The error never shows the entry: it holds a secret.
-                let (kid, secret) = entry.split_once('=').ok_or_else(|| {
-                    anyhow::anyhow!("BILLING_JWT_SECRETS: entry {} is not kid=secret", n + 1)
-                })?;
-                builder = builder.named_key(kid.trim(), VerifyingKey::Hs256(secret.into()));
-            }
+        for (kid, secret) in self.named_secrets()? {
+            builder = builder.named_key(&kid, VerifyingKey::Hs256(secret.into_bytes()));
         }
         if let Some(url) = &self.jwt_jwks_url {
             let ca_pem =

@@ -52,7 +52,8 @@ enum Cmd {
     },
     /// Print how far the projector is behind the events.
     Lag(DatabaseArgs),
-    /// Mint an HS256 bearer token (with BILLING_JWT_SECRET) for trying the API.
+    /// Mint an HS256 bearer token (with BILLING_JWT_SECRET, or a key of
+    /// BILLING_JWT_SECRETS with --kid) for trying the API.
     Token {
         /// project_super_admin, service or customer_admin.
         #[arg(long)]
@@ -66,6 +67,10 @@ enum Cmd {
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 43_200)]
         ttl_seconds: u64,
+        /// Sign with this key of BILLING_JWT_SECRETS and name it in the
+        /// token's header (`kid`), instead of BILLING_JWT_SECRET.
+        #[arg(long)]
+        kid: Option<String>,
         #[command(flatten)]
         jwt: billing_server::config::JwtArgs,
     },
@@ -186,6 +191,7 @@ async fn main() -> anyhow::Result<()> {
             customer_id,
             subject,
             ttl_seconds,
+            kid,
             jwt,
         } => {
             let role = billing_api::auth::Role::parse(&role).ok_or_else(|| {
@@ -196,11 +202,26 @@ async fn main() -> anyhow::Result<()> {
             if role == billing_api::auth::Role::CustomerAdmin && customer_id.is_none() {
                 anyhow::bail!("a customer_admin token needs --customer-id");
             }
-            let secret = jwt
-                .jwt_secret
-                .ok_or_else(|| anyhow::anyhow!("set BILLING_JWT_SECRET to mint a token"))?;
-            let token = billing_api::auth::mint_hs256(
-                secret.expose().as_bytes(),
+            let secret = match &kid {
+                Some(kid) => jwt
+                    .named_secrets()?
+                    .into_iter()
+                    .find(|(name, _)| name == kid)
+                    .map(|(_, secret)| secret)
+                    .ok_or_else(|| anyhow::anyhow!("BILLING_JWT_SECRETS has no key {kid}"))?,
+                None => jwt
+                    .jwt_secret
+                    .as_ref()
+                    .map(|secret| secret.expose().to_owned())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "set BILLING_JWT_SECRET (or its _FILE) to mint a token, or name a key of BILLING_JWT_SECRETS with --kid"
+                        )
+                    })?,
+            };
+            let token = billing_api::auth::mint_hs256_with_kid(
+                secret.as_bytes(),
+                kid.as_deref(),
                 &subject,
                 role.as_str(),
                 customer_id,

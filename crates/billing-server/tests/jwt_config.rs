@@ -196,3 +196,54 @@ fn billing_token_reads_the_secret_file_and_help_never_shows_secrets() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn billing_token_signs_with_a_key_by_id_for_a_rotation_by_hand() {
+    const OLD: &str = "old-secret-0123456789abcdef";
+    const NEW: &str = "new-secret-0123456789abcdef";
+    let secrets = format!("old={OLD},new={NEW}");
+    let billing = env!("CARGO_BIN_EXE_billing");
+    let mint = |kid: &str| {
+        Command::new(billing)
+            .args(["token", "--role", "service", "--kid", kid])
+            .env_remove("BILLING_JWT_SECRET")
+            .env_remove("BILLING_JWT_SECRET_FILE")
+            .env("BILLING_JWT_SECRETS", &secrets)
+            .output()
+            .unwrap()
+    };
+    let out = mint("new");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let header = jsonwebtoken::decode_header(&token).unwrap();
+    assert_eq!(header.kid.as_deref(), Some("new"));
+    // The service with both keys takes it; with only the old one, not.
+    let both = parse(&["--jwt-secrets", &secrets])
+        .unwrap()
+        .jwt
+        .authenticator()
+        .await
+        .unwrap();
+    assert!(both.authenticate(Some(&format!("Bearer {token}"))).is_ok());
+    let only_old = parse(&["--jwt-secrets", &format!("old={OLD}")])
+        .unwrap()
+        .jwt
+        .authenticator()
+        .await
+        .unwrap();
+    assert!(
+        only_old
+            .authenticate(Some(&format!("Bearer {token}")))
+            .is_err()
+    );
+    // A key id that is not there is refused, and its secrets are not shown.
+    let missing = mint("nope");
+    assert!(!missing.status.success());
+    let said = String::from_utf8_lossy(&missing.stderr);
+    assert!(said.contains("nope"), "{said}");
+    assert!(!said.contains(OLD) && !said.contains(NEW), "{said}");
+}

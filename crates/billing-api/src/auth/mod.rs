@@ -521,6 +521,33 @@ pub fn mint_hs256(
     issuer: Option<&str>,
     audience: Option<&str>,
 ) -> Result<String, String> {
+    mint_hs256_with_kid(
+        secret,
+        None,
+        subject,
+        role,
+        customer_id,
+        ttl_seconds,
+        issuer,
+        audience,
+    )
+}
+
+/// As [`mint_hs256`], naming the key id `kid` in the header when given
+/// (for keys by id, `BILLING_JWT_SECRETS`).
+#[allow(clippy::too_many_arguments)]
+pub fn mint_hs256_with_kid(
+    secret: &[u8],
+    kid: Option<&str>,
+    subject: &str,
+    role: &str,
+    customer_id: Option<Uuid>,
+    ttl_seconds: u64,
+    issuer: Option<&str>,
+    audience: Option<&str>,
+) -> Result<String, String> {
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = kid.map(str::to_owned);
     let claims = Claims {
         sub: subject.to_owned(),
         role: Some(role.to_owned()),
@@ -530,12 +557,8 @@ pub fn mint_hs256(
         iss: issuer.map(str::to_owned),
         aud: audience.map(str::to_owned),
     };
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret),
-    )
-    .map_err(|e| e.to_string())
+    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(secret))
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -13,7 +13,6 @@
 mod measure;
 mod report;
 mod run;
-mod tls;
 
 use clap::{Parser, Subcommand};
 

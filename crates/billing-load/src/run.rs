@@ -24,7 +24,7 @@ pub struct RunArgs {
     addr: String,
     /// TLS for an https:// address.
     #[command(flatten)]
-    tls: crate::tls::ClientTlsArgs,
+    tls: billing_server::tls::ClientTlsArgs,
     /// The service's HS256 secret, to mint an admin token (set-up) and a
     /// service token (the load).
     #[arg(long, env = "BILLING_JWT_SECRET")]
@@ -102,8 +102,8 @@ impl Interceptor for Bearer {
     }
 }
 
-async fn channel(addr: &str, tls: &crate::tls::ClientTlsArgs) -> anyhow::Result<Channel> {
-    crate::tls::endpoint(addr, tls)?
+async fn channel(addr: &str, tls: &billing_server::tls::ClientTlsArgs) -> anyhow::Result<Channel> {
+    billing_server::tls::client::endpoint(addr, tls)?
         .connect()
         .await
         .with_context(|| format!("connecting to {addr}"))
@@ -111,7 +111,7 @@ async fn channel(addr: &str, tls: &crate::tls::ClientTlsArgs) -> anyhow::Result<
 
 async fn client(
     addr: &str,
-    tls: &crate::tls::ClientTlsArgs,
+    tls: &billing_server::tls::ClientTlsArgs,
     secret: &str,
     role: &str,
 ) -> anyhow::Result<Client> {

@@ -67,6 +67,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0012_drop_write_batch_0010",
         include_str!("../../../migrations/0012_drop_write_batch_0010.sql"),
     ),
+    (
+        13,
+        "0013_webhooks",
+        include_str!("../../../migrations/0013_webhooks.sql"),
+    ),
 ];
 
 /// Serializes concurrent migrators (several replicas starting at once).

@@ -34,6 +34,7 @@ mod batch;
 pub mod chain;
 mod command;
 pub mod connect;
+mod deliveries;
 mod document;
 mod error;
 mod feed;
@@ -60,6 +61,9 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 
 pub use command::Answer;
 pub use connect::{Connector, SslMode};
+pub use deliveries::{
+    AttemptOutcome, AttemptRecord, Backlog, ClaimedDelivery, NewDelivery, WebhookTarget,
+};
 pub use error::StoreError;
 pub use feed::{Cursor, Lease, MAX_CAUSES, StoredEvent, causes};
 pub use migrate::{MIGRATIONS, migrate};

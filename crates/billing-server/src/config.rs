@@ -22,6 +22,79 @@ pub enum Role {
     Projector,
     /// Publishes every balance change to Kafka (needs BILLING_KAFKA_BROKERS).
     Publisher,
+    /// Delivers balance changes to customers' webhooks.
+    Dispatcher,
+}
+
+/// The webhook dispatcher's settings (`BILLING_WEBHOOK_*`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct WebhookArgs {
+    /// Send to plain `http://` endpoints too (local development; `https`
+    /// only otherwise).
+    #[arg(long, env = "BILLING_WEBHOOK_ALLOW_HTTP", default_value_t = false)]
+    pub webhook_allow_http: bool,
+    /// Send to loopback, private, link-local, multicast and cloud-metadata
+    /// addresses too (local development; refused otherwise).
+    #[arg(long, env = "BILLING_WEBHOOK_ALLOW_PRIVATE", default_value_t = false)]
+    pub webhook_allow_private: bool,
+    /// How long an attempt may take, connecting included.
+    #[arg(long, env = "BILLING_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub webhook_timeout_ms: u64,
+    /// The delay before each attempt, the first's from the change (units
+    /// ms, s, m, h): the Standard Webhooks schedule by default.
+    #[arg(
+        long,
+        env = "BILLING_WEBHOOK_RETRY_SCHEDULE",
+        default_value = billing_webhooks::schedule::DEFAULT_SCHEDULE,
+        value_parser = clap::value_parser!(billing_webhooks::RetrySchedule)
+    )]
+    pub webhook_retry_schedule: billing_webhooks::RetrySchedule,
+    /// A webhook whose every attempt has failed for this long is disabled.
+    #[arg(long, env = "BILLING_WEBHOOK_DISABLE_AFTER_S", default_value_t = 5 * 86_400)]
+    pub webhook_disable_after_s: u64,
+    /// Attempts in flight in one dispatcher.
+    #[arg(long, env = "BILLING_WEBHOOK_MAX_IN_FLIGHT", default_value_t = 512)]
+    pub webhook_max_in_flight: usize,
+    /// Attempts in flight to one webhook, so that one slow endpoint takes
+    /// no more.
+    #[arg(long, env = "BILLING_WEBHOOK_PER_ENDPOINT", default_value_t = 32)]
+    pub webhook_per_endpoint: usize,
+}
+
+impl Default for WebhookArgs {
+    fn default() -> Self {
+        Self {
+            webhook_allow_http: false,
+            webhook_allow_private: false,
+            webhook_timeout_ms: 10_000,
+            webhook_retry_schedule: billing_webhooks::RetrySchedule::default(),
+            webhook_disable_after_s: 5 * 86_400,
+            webhook_max_in_flight: 512,
+            webhook_per_endpoint: 32,
+        }
+    }
+}
+
+impl WebhookArgs {
+    pub fn dispatcher(&self) -> billing_webhooks::DispatcherConfig {
+        let defaults = billing_webhooks::DispatcherConfig::default();
+        let timeout = Duration::from_millis(self.webhook_timeout_ms.max(1));
+        billing_webhooks::DispatcherConfig {
+            policy: billing_webhooks::SendPolicy {
+                allow_http: self.webhook_allow_http,
+                allow_private: self.webhook_allow_private,
+                timeout,
+            },
+            dispatch: billing_webhooks::DispatchConfig {
+                schedule: self.webhook_retry_schedule.clone(),
+                disable_after: Duration::from_secs(self.webhook_disable_after_s),
+                max_in_flight: self.webhook_max_in_flight.max(1),
+                per_webhook: self.webhook_per_endpoint.max(1),
+                timeout,
+                ..defaults.dispatch
+            },
+        }
+    }
 }
 
 /// How the Kafka clients (the publisher, `billing tail`) reach the brokers:
@@ -470,6 +543,8 @@ pub struct ServeConfig {
     pub jwt: JwtArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
     /// Where the gRPC API, health and reflection listen (default
     /// 127.0.0.1:50051). A process without the api role serves only health
     /// and reflection, and only when this is set.
@@ -531,6 +606,7 @@ impl ServeConfig {
                 kafka_partitions: 3,
                 kafka_replication: 1,
             },
+            webhooks: WebhookArgs::default(),
             grpc_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             metrics_addr: None,
             health_interval_ms: 200,

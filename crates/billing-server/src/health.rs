@@ -61,6 +61,7 @@ pub fn service_name(role: Role) -> &'static str {
         Role::Sweeper => "sweeper",
         Role::Projector => "projector",
         Role::Publisher => "publisher",
+        Role::Dispatcher => "dispatcher",
     }
 }
 

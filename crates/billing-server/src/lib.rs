@@ -168,6 +168,27 @@ impl Application {
             tracing::info!("started the projector: keeps balances and the ledger current");
             tasks.spawn(projector::run(self.store.clone(), stop_rx.clone()));
         }
+        if self.config.roles.contains(&Role::Dispatcher) {
+            let webhooks = &self.config.webhooks;
+            tracing::info!(
+                allow_http = webhooks.webhook_allow_http,
+                allow_private = webhooks.webhook_allow_private,
+                "started the dispatcher: delivers balance changes to customers' webhooks"
+            );
+            if webhooks.webhook_allow_http || webhooks.webhook_allow_private {
+                tracing::warn!(
+                    "webhooks may go to plain http and private addresses: for local development only"
+                );
+            }
+            let store = self.store.clone();
+            let config = webhooks.dispatcher();
+            let stop = stop_rx.clone();
+            tasks.spawn(async move {
+                if let Err(error) = billing_webhooks::run(store, config, stop).await {
+                    tracing::error!(%error, "the dispatcher cannot start");
+                }
+            });
+        }
         let brokers = self.publisher.as_ref().map(|p| p.connection.clone());
         if let Some(publisher) = self.publisher {
             tracing::info!(

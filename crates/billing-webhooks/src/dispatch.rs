@@ -63,7 +63,7 @@ pub async fn run(
     let mut backlog = tokio::time::interval(BACKLOG_EVERY);
     // The attempt's timeout, and time to record it, before another
     // dispatcher may take the delivery over.
-    let hold = config.timeout * 3 + Duration::from_secs(5);
+    let hold = config.timeout * 2 + Duration::from_secs(2);
     let mut claim_now = true;
     loop {
         if *shutdown.borrow() {

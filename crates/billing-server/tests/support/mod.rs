@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod receiver;
 
 use billing_proto::v1 as pb;
 use billing_proto::v1::billing_service_client::BillingServiceClient;

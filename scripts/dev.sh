@@ -100,7 +100,10 @@ cmd_run() {
     started_kafka+=("$dev/kafka")
     echo "Kafka-protocol broker (nisshi) at $BILLING_KAFKA_BROKERS, storage ${kafka_storage%%://*}"
   fi
-  export BILLING_ROLES=${BILLING_ROLES:-api,sweeper,projector,publisher}
+  export BILLING_ROLES=${BILLING_ROLES:-api,sweeper,projector,publisher,dispatcher}
+  # Local development: webhooks may go to http://localhost and the like.
+  export BILLING_WEBHOOK_ALLOW_HTTP=${BILLING_WEBHOOK_ALLOW_HTTP:-true}
+  export BILLING_WEBHOOK_ALLOW_PRIVATE=${BILLING_WEBHOOK_ALLOW_PRIVATE:-true}
   "$bin" migrate
   local addr=${BILLING_GRPC_ADDR:-127.0.0.1:50051}
   export BILLING_GRPC_ADDR="$addr"
@@ -131,6 +134,9 @@ TXT
   fi
   cat <<TXT
 Watch every balance change on Kafka: $bin tail --brokers $BILLING_KAFKA_BROKERS
+Webhooks (the dispatcher role): for local development they may go to plain
+http and to private addresses such as localhost (BILLING_WEBHOOK_ALLOW_HTTP=$BILLING_WEBHOOK_ALLOW_HTTP,
+BILLING_WEBHOOK_ALLOW_PRIVATE=$BILLING_WEBHOOK_ALLOW_PRIVATE); in production they are https to public addresses only.
 The README walks through a whole call. Ctrl-C stops everything.
 
 TXT

@@ -179,10 +179,29 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Lag(db) => {
-            let lag = connect(&db)?.feed_lag(billing_store::READ_MODELS).await?;
+            // The read models' lag at the top (as before), and every
+            // feed reader's beside it.
+            let store = connect(&db)?;
+            let lag = store.feed_lag(billing_store::READ_MODELS).await?;
+            let mut readers = serde_json::Map::new();
+            for checkpoint in [
+                billing_store::READ_MODELS,
+                billing_publisher::CHECKPOINT,
+                billing_webhooks::CHECKPOINT,
+            ] {
+                let lag = store.feed_lag(checkpoint).await?;
+                readers.insert(
+                    checkpoint.to_owned(),
+                    serde_json::json!({"lag_events": lag.events, "lag_seconds": lag.seconds}),
+                );
+            }
             println!(
-                "{{\"lag_events\": {}, \"lag_seconds\": {:.3}}}",
-                lag.events, lag.seconds
+                "{}",
+                serde_json::json!({
+                    "lag_events": lag.events,
+                    "lag_seconds": lag.seconds,
+                    "readers": readers,
+                })
             );
             Ok(())
         }

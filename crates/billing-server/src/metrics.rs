@@ -149,6 +149,39 @@ fn describe() {
         "billing_publisher_retries_total",
         "Batches published again from the checkpoint after a failed delivery."
     );
+    describe_gauge!(
+        "billing_dispatcher_lag_events",
+        "Events the webhook dispatcher has not turned into deliveries yet."
+    );
+    describe_gauge!(
+        "billing_dispatcher_lag_seconds",
+        "Age of the oldest event the webhook dispatcher has not turned into deliveries yet."
+    );
+    describe_counter!(
+        "billing_dispatcher_events_total",
+        "Events this process's dispatcher read from the feed."
+    );
+    describe_counter!(
+        "billing_webhook_attempts_total",
+        "Webhook delivery attempts, by outcome (delivered, retry, failed, gone)."
+    );
+    describe_histogram!(
+        "billing_webhook_attempt_seconds",
+        metrics::Unit::Seconds,
+        "How long a webhook delivery attempt took, answer read."
+    );
+    describe_gauge!(
+        "billing_webhook_deliveries_pending",
+        "Webhook deliveries not yet delivered or failed for good (all dispatchers)."
+    );
+    describe_gauge!(
+        "billing_webhook_oldest_pending_seconds",
+        "How long the oldest due webhook delivery has waited."
+    );
+    describe_counter!(
+        "billing_webhooks_disabled_total",
+        "Webhooks this process disabled (410 Gone, or failing past the window)."
+    );
     describe_counter!(
         "billing_sweeper_accounts_total",
         "Accounts the sweeper housekept, by outcome (recorded, refused, failed)."
@@ -184,6 +217,13 @@ impl Scrape {
                 billing_publisher::CHECKPOINT,
                 "billing_publisher_lag_events",
                 "billing_publisher_lag_seconds",
+            ));
+        }
+        if roles.contains(&Role::Dispatcher) {
+            lags.push((
+                billing_webhooks::CHECKPOINT,
+                "billing_dispatcher_lag_events",
+                "billing_dispatcher_lag_seconds",
             ));
         }
         Self {

@@ -33,6 +33,7 @@ use billing_store::Store;
 use tokio::sync::{Notify, watch};
 
 pub use dispatch::DispatchConfig;
+pub use feed::CHECKPOINT;
 pub use schedule::RetrySchedule;
 pub use sender::{SendPolicy, Sender};
 

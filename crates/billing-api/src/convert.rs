@@ -244,3 +244,73 @@ pub fn commit(c: &CommitOutcome) -> pb::CommitResponse {
         reservation_id: c.reservation_id.clone(),
     }
 }
+
+/// A webhook; its secret only when `with_secret` (the replies of
+/// `CreateWebhook` and `RotateWebhookSecret`).
+pub fn webhook(w: &billing_store::Webhook, now: DateTime<Utc>, with_secret: bool) -> pb::Webhook {
+    let status = if w.enabled {
+        pb::WebhookStatus::Enabled
+    } else {
+        pb::WebhookStatus::Disabled
+    };
+    pb::Webhook {
+        id: w.id.to_string(),
+        customer_id: w.customer_id.to_string(),
+        name: w.name.clone(),
+        uri: w.uri.clone(),
+        method: w.method.clone(),
+        event_types: w.event_types.clone(),
+        account_ids: w.account_ids.iter().map(ToString::to_string).collect(),
+        status: status.into(),
+        disabled_reason: w.disabled_reason.clone(),
+        created_at: Some(timestamp(w.created_at)),
+        updated_at: Some(timestamp(w.updated_at)),
+        secret: if with_secret {
+            w.secret.clone()
+        } else {
+            String::new()
+        },
+        previous_secret_expires_at: w.previous_secret_expires_at(now).map(timestamp),
+        failing_since: w.failing_since.map(timestamp),
+    }
+}
+
+pub fn delivery_status(status: billing_store::DeliveryStatus) -> pb::WebhookDeliveryStatus {
+    match status {
+        billing_store::DeliveryStatus::Pending => pb::WebhookDeliveryStatus::Pending,
+        billing_store::DeliveryStatus::Delivered => pb::WebhookDeliveryStatus::Delivered,
+        billing_store::DeliveryStatus::Failed => pb::WebhookDeliveryStatus::Failed,
+    }
+}
+
+/// A delivery-status filter: unspecified is none (every status).
+pub fn delivery_status_filter(raw: i32) -> Result<Option<billing_store::DeliveryStatus>, Status> {
+    match pb::WebhookDeliveryStatus::try_from(raw) {
+        Ok(pb::WebhookDeliveryStatus::Unspecified) => Ok(None),
+        Ok(pb::WebhookDeliveryStatus::Pending) => Ok(Some(billing_store::DeliveryStatus::Pending)),
+        Ok(pb::WebhookDeliveryStatus::Delivered) => {
+            Ok(Some(billing_store::DeliveryStatus::Delivered))
+        }
+        Ok(pb::WebhookDeliveryStatus::Failed) => Ok(Some(billing_store::DeliveryStatus::Failed)),
+        Err(_) => Err(invalid("status", format!("unknown value {raw}"))),
+    }
+}
+
+pub fn delivery(d: &billing_store::WebhookDelivery) -> pb::WebhookDelivery {
+    pb::WebhookDelivery {
+        id: d.id.to_string(),
+        webhook_id: d.webhook_id.to_string(),
+        event_type: d.event_type.clone(),
+        account_id: d.account_id.to_string(),
+        account_version: d.account_version,
+        status: delivery_status(d.status).into(),
+        attempts: d.attempts,
+        last_status_code: d.last_status_code,
+        last_error: d.last_error.clone(),
+        next_attempt_at: d.next_attempt_at.map(timestamp),
+        delivered_at: d.delivered_at.map(timestamp),
+        message_id: d.message_id.clone(),
+        created_at: Some(timestamp(d.created_at)),
+        replay: d.replay,
+    }
+}

@@ -6,7 +6,8 @@
 //! - [`BillingApi`]: the service; its handlers live by area in `accounts`
 //!   (create, read, update, list, balance adjustments), `charging` (rate,
 //!   holds, debits), `ledger` (balances, history), `estimate` (cost
-//!   estimates, plan comparison) and `watch` (live account views).
+//!   estimates, plan comparison), `watch` (live account views) and
+//!   `webhooks` (customer webhooks: registration, secrets, deliveries).
 //! - [`validate`]: the input rules, one per kind of field (text, numbers,
 //!   times, currencies, pages).
 //! - [`edge`]: message and metadata size limits, and a clear status for a
@@ -34,6 +35,7 @@ pub mod status;
 pub mod telemetry;
 pub mod validate;
 pub mod watch;
+mod webhooks;
 
 use billing_proto::v1 as pb;
 use billing_proto::v1::billing_service_server::BillingService;
@@ -224,5 +226,77 @@ impl BillingService for BillingApi {
         request: Request<pb::WatchAccountRequest>,
     ) -> Result<Response<Self::WatchAccountStream>, Status> {
         watch::watch_account(self, request).await
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "CreateWebhook"))]
+    async fn create_webhook(
+        &self,
+        request: Request<pb::CreateWebhookRequest>,
+    ) -> Result<Response<pb::Webhook>, Status> {
+        webhooks::create(self, request).await
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "GetWebhook"))]
+    async fn get_webhook(
+        &self,
+        request: Request<pb::GetWebhookRequest>,
+    ) -> Result<Response<pb::Webhook>, Status> {
+        webhooks::get(self, request).await
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ListWebhooks"))]
+    async fn list_webhooks(
+        &self,
+        request: Request<pb::ListWebhooksRequest>,
+    ) -> Result<Response<pb::ListWebhooksResponse>, Status> {
+        webhooks::list(self, request).await
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "UpdateWebhook"))]
+    async fn update_webhook(
+        &self,
+        request: Request<pb::UpdateWebhookRequest>,
+    ) -> Result<Response<pb::Webhook>, Status> {
+        webhooks::update(self, request).await
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "DeleteWebhook"))]
+    async fn delete_webhook(
+        &self,
+        request: Request<pb::DeleteWebhookRequest>,
+    ) -> Result<Response<pb::DeleteWebhookResponse>, Status> {
+        webhooks::delete(self, request).await
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "RotateWebhookSecret"))]
+    async fn rotate_webhook_secret(
+        &self,
+        request: Request<pb::RotateWebhookSecretRequest>,
+    ) -> Result<Response<pb::Webhook>, Status> {
+        webhooks::rotate_secret(self, request).await
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ListWebhookDeliveries"))]
+    async fn list_webhook_deliveries(
+        &self,
+        request: Request<pb::ListWebhookDeliveriesRequest>,
+    ) -> Result<Response<pb::ListWebhookDeliveriesResponse>, Status> {
+        webhooks::deliveries(self, request).await
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "RetryWebhookDelivery"))]
+    async fn retry_webhook_delivery(
+        &self,
+        request: Request<pb::RetryWebhookDeliveryRequest>,
+    ) -> Result<Response<pb::WebhookDelivery>, Status> {
+        webhooks::retry_delivery(self, request).await
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ReplayWebhook"))]
+    async fn replay_webhook(
+        &self,
+        request: Request<pb::ReplayWebhookRequest>,
+    ) -> Result<Response<pb::ReplayWebhookResponse>, Status> {
+        webhooks::replay(self, request).await
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use billing_domain::Rejection;
-use billing_store::StoreError;
+use billing_store::{StoreError, WebhookError, WebhookRefusal};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -112,6 +112,41 @@ pub fn store_failed(error: &StoreError) -> Status {
             tracing::error!(%error, "store failure");
             internal()
         }
+    }
+}
+
+/// A webhook request the store refused: FAILED_PRECONDITION
+/// (`TOO_MANY_WEBHOOKS`, `WEBHOOK_DISABLED`, `DELIVERY_NOT_FAILED`),
+/// ALREADY_EXISTS (`IDEMPOTENCY_KEY_REUSED`) or NOT_FOUND.
+pub fn webhook_refused(refusal: &WebhookRefusal) -> Status {
+    let code = match refusal {
+        WebhookRefusal::TooManyWebhooks { .. }
+        | WebhookRefusal::WebhookDisabled
+        | WebhookRefusal::DeliveryNotFailed { .. } => Code::FailedPrecondition,
+        WebhookRefusal::IdempotencyKeyReused => Code::AlreadyExists,
+        WebhookRefusal::WebhookNotFound | WebhookRefusal::DeliveryNotFound => Code::NotFound,
+    };
+    let mut metadata = HashMap::new();
+    match refusal {
+        WebhookRefusal::TooManyWebhooks { limit } => {
+            metadata.insert("max".to_owned(), limit.to_string());
+        }
+        WebhookRefusal::DeliveryNotFailed { status } => {
+            metadata.insert("status".to_owned(), status.to_string());
+        }
+        _ => {}
+    }
+    with_info(code, &refusal.to_string(), refusal.reason(), metadata)
+}
+
+/// A webhook request that failed: refused, or the store failed.
+pub fn webhook_failed(error: &WebhookError) -> Status {
+    match error {
+        WebhookError::Refused(refusal) => {
+            tracing::info!(reason = refusal.reason(), %refusal, "refused");
+            webhook_refused(refusal)
+        }
+        WebhookError::Store(error) => store_failed(error),
     }
 }
 

@@ -208,6 +208,49 @@ pub fn page_token<T: std::str::FromStr>(token: &str, prefix: &str) -> Result<Opt
         .ok_or_else(|| invalid("page_token", "is not a token this list issued"))
 }
 
+/// The longest URL (a webhook's `uri`), in bytes.
+pub const MAX_URL_BYTES: usize = 2_048;
+
+/// A required URL field: absolute, `http` or `https`, with a host, at most
+/// 2,048 bytes, without spaces or control characters (which a parser would
+/// quietly strip or encode). Kept as given.
+pub fn http_url(field: &'static str, value: &str) -> Result<String, Status> {
+    if value.is_empty() {
+        return Err(invalid(field, "is required"));
+    }
+    if value.len() > MAX_URL_BYTES {
+        return Err(invalid(field, "must be at most 2048 bytes"));
+    }
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(
+            field,
+            "must not contain spaces or control characters",
+        ));
+    }
+    let url = url::Url::parse(value)
+        .map_err(|_| invalid(field, "must be an absolute http:// or https:// URL"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(field, "must be an http:// or https:// URL"));
+    }
+    // The parser forgives `https:host` and `https:///host`; a URL stored
+    // as given must read as the host it goes to.
+    let authority = value
+        .split_once(':')
+        .map(|(_, rest)| rest)
+        .and_then(|rest| rest.strip_prefix("//"))
+        .unwrap_or("");
+    if authority.is_empty() || authority.starts_with(['/', '\\']) {
+        return Err(invalid(
+            field,
+            "must be an absolute http:// or https:// URL",
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(field, "must name a host"));
+    }
+    Ok(value.to_owned())
+}
+
 /// A required UUID field.
 pub fn uuid(field: &'static str, value: &str) -> Result<uuid::Uuid, Status> {
     if value.is_empty() {
@@ -270,6 +313,39 @@ mod tests {
         ] {
             assert!(time("as_of", Some(&bad)).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn urls_are_absolute_http_or_https_with_a_host() {
+        for good in [
+            "https://example.com/hooks",
+            "http://127.0.0.1:8080/x?y=1",
+            "https://[::1]/",
+            "HTTPS://Example.COM",
+        ] {
+            assert_eq!(http_url("uri", good).ok().as_deref(), Some(good), "{good}");
+        }
+        for bad in [
+            "",
+            "/hooks",
+            "example.com/hooks",
+            "localhost:8080/hooks",
+            "ftp://example.com/",
+            "file:///etc/passwd",
+            "javascript:alert(1)",
+            "https://",
+            "https:///path",
+            "https:example.com",
+            "https:/\\example.com",
+            " https://example.com",
+            "https://exa mple.com",
+            "https://example.com/\n",
+            "not a url",
+        ] {
+            let err = http_url("uri", bad).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad:?}");
+        }
+        assert!(http_url("uri", &format!("https://e.com/{}", "a".repeat(3_000))).is_err());
     }
 
     #[test]

@@ -22,6 +22,8 @@
 //!   link, [`Store::record_chain_digest`] pins every head at an instant.
 //! - [`FeedWakeup`] wakes a feed reader when events are appended, and
 //!   keeps quiet while it is busy.
+//! - [`Store::create_webhook`] and its neighbours (`webhooks.rs`): customer
+//!   webhooks and their deliveries, as plain rows (no events).
 //! - [`migrate`] applies the embedded migrations.
 //! - [`connect`]: every connection (pool, writers, `LISTEN`, probes, leases)
 //!   is made by one [`Connector`], which reads libpq's TLS parameters
@@ -51,6 +53,7 @@ mod sql;
 mod verify;
 mod wakeup;
 mod watch;
+mod webhooks;
 mod writer;
 
 use std::sync::{Arc, OnceLock};
@@ -74,6 +77,11 @@ pub use projection::{
 pub use verify::{ChainDigest, Verification};
 pub use wakeup::FeedWakeup;
 pub use watch::{VersionedView, ViewPage};
+pub use webhooks::{
+    DeliveryStatus, MAX_REPLAY, MAX_WEBHOOKS_PER_CUSTOMER, NewWebhook, Replay, SECRET_PREFIX,
+    WEBHOOK_EVENT_TYPES, Webhook, WebhookDelivery, WebhookError, WebhookPatch, WebhookRefusal,
+    new_secret,
+};
 
 /// Who made a change: recorded on every event.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -13,7 +13,8 @@ pub enum Role {
     ProjectSuperAdmin,
     /// Call control: rating, holds, charges, and reading accounts.
     Service,
-    /// Reads its own customer's account, balance and ledger.
+    /// Reads its own customer's account, balance and ledger, and manages
+    /// its own customer's webhooks.
     CustomerAdmin,
 }
 
@@ -76,6 +77,23 @@ impl Principal {
     }
 }
 
+/// The webhook RPCs: a customer admin manages its own customer's webhooks
+/// (the handlers check the customer); call control has no part in them.
+pub fn is_webhook_rpc(rpc: &str) -> bool {
+    matches!(
+        rpc,
+        "CreateWebhook"
+            | "GetWebhook"
+            | "ListWebhooks"
+            | "UpdateWebhook"
+            | "DeleteWebhook"
+            | "RotateWebhookSecret"
+            | "ListWebhookDeliveries"
+            | "RetryWebhookDelivery"
+            | "ReplayWebhook"
+    )
+}
+
 /// The RPCs each role may call; anything not listed is denied. Customer
 /// admins are further limited to their own account by the handlers.
 pub fn permits(role: Role, rpc: &str) -> bool {
@@ -95,15 +113,17 @@ pub fn permits(role: Role, rpc: &str) -> bool {
                 | "ComparePlans"
                 | "WatchAccount"
         ),
-        Role::CustomerAdmin => matches!(
-            rpc,
-            "GetBillingAccount"
-                | "GetBalance"
-                | "ListTransactions"
-                | "Rate"
-                | "EstimateCost"
-                | "ComparePlans"
-                | "WatchAccount"
-        ),
+        Role::CustomerAdmin => {
+            matches!(
+                rpc,
+                "GetBillingAccount"
+                    | "GetBalance"
+                    | "ListTransactions"
+                    | "Rate"
+                    | "EstimateCost"
+                    | "ComparePlans"
+                    | "WatchAccount"
+            ) || is_webhook_rpc(rpc)
+        }
     }
 }

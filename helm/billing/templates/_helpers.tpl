@@ -211,7 +211,7 @@ both names are empty. */}}
 {{- if not (has .Values.otel.protocol (list "grpc" "http/protobuf")) }}
 {{- fail "otel.protocol is grpc or http/protobuf" }}
 {{- end }}
-{{- range $role := list "api" "projector" "publisher" "sweeper" }}
+{{- range $role := list "api" "projector" "publisher" "sweeper" "dispatcher" }}
 {{- $values := index $.Values $role }}
 {{- range $probe := list $values.readinessProbe $values.livenessProbe }}
 {{- if not (has $probe.type (list "grpc" "http")) }}

@@ -1,5 +1,5 @@
 # The commands a developer and CI use. See README.md.
-.PHONY: run test bench bench-tls lint fmt check
+.PHONY: run test bench bench-tls bench-webhooks lint fmt check
 
 # Start PostgreSQL (unless BILLING_DATABASE_URL is set), migrate, and serve
 # gRPC on 127.0.0.1:50051 (BILLING_GRPC_ADDR). Ctrl-C stops everything.
@@ -19,6 +19,11 @@ bench:
 # sslmode=verify-full, side by side with plaintext. See BENCHMARKS.md.
 bench-tls:
 	scripts/bench-tls.sh
+
+# How fast one webhook dispatcher delivers, alone and beside an endpoint
+# that answers after 2 s. See BENCHMARKS.md.
+bench-webhooks:
+	scripts/bench-webhooks.sh
 
 # Formatting and lints, as CI checks them.
 lint:

@@ -8,11 +8,14 @@
 //!   (API, read side, broker) and PostgreSQL used, and the projector's and
 //!   publisher's lag, written as JSON. `--target health` drives the gRPC
 //!   health check alone: the ceiling gRPC allows on the machine.
+//! - `webhooks`: one webhook dispatcher's deliveries per second to a fast
+//!   local endpoint, with and without a slow one beside it.
 //! - `report`: one table from a directory of run and baseline JSON files.
 
 mod measure;
 mod report;
 mod run;
+mod webhooks;
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +33,8 @@ struct Cli {
 enum Cmd {
     /// Drive the service and write the measurements as JSON.
     Run(Box<run::RunArgs>),
+    /// How fast one webhook dispatcher delivers (see `webhooks.rs`).
+    Webhooks(Box<webhooks::WebhookArgs>),
     /// Print one table from the JSON files in a directory.
     Report {
         /// The directory of run and baseline JSON files.
@@ -41,6 +46,7 @@ enum Cmd {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Run(args) => run::run(*args).await,
+        Cmd::Webhooks(args) => webhooks::run(*args).await,
         Cmd::Report { dir } => report::report(&dir),
     }
 }

@@ -85,10 +85,10 @@ impl Target {
     }
 }
 
-type Client = BillingServiceClient<InterceptedService<Channel, Bearer>>;
+pub(crate) type Client = BillingServiceClient<InterceptedService<Channel, Bearer>>;
 
 #[derive(Clone, Debug)]
-struct Bearer(MetadataValue<Ascii>);
+pub(crate) struct Bearer(MetadataValue<Ascii>);
 
 impl Interceptor for Bearer {
     fn call(
@@ -109,7 +109,7 @@ async fn channel(addr: &str, tls: &billing_server::tls::ClientTlsArgs) -> anyhow
         .with_context(|| format!("connecting to {addr}"))
 }
 
-async fn client(
+pub(crate) async fn client(
     addr: &str,
     tls: &billing_server::tls::ClientTlsArgs,
     secret: &str,

@@ -170,26 +170,38 @@ impl Store {
         Ok(inserted)
     }
 
-    /// Claims up to `limit` due deliveries of enabled webhooks not in
-    /// `skip`, each the first pending one of its webhook and account, and
-    /// holds them for `hold` (longer than an attempt can take).
+    /// Claims up to `limit` due deliveries of enabled webhooks, each the
+    /// first pending one of its webhook and account, at most `per_webhook`
+    /// of one webhook less what `busy` says it already has in flight
+    /// (webhook, attempts), and holds them for `hold` (longer than an
+    /// attempt can take).
     pub async fn claim_deliveries(
         &self,
         limit: i64,
-        skip: &[Uuid],
+        per_webhook: i64,
+        busy: &[(Uuid, i64)],
         hold: Duration,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
         let hold_ms = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX);
+        let (busy_ids, busy_counts): (Vec<Uuid>, Vec<i64>) = busy.iter().copied().unzip();
+        let full: Vec<Uuid> = busy
+            .iter()
+            .filter(|(_, n)| *n >= per_webhook)
+            .map(|(id, _)| *id)
+            .collect();
         let client = self.pool.get().await?;
         let rows = client
             .query(
+                // `due` locks the candidates; `picked` keeps each webhook's
+                // share of them (the rest are let go when the statement
+                // ends, unclaimed).
                 "WITH due AS (
-                     SELECT d.id FROM webhook_deliveries d
+                     SELECT d.id, d.webhook_id, d.next_attempt_at FROM webhook_deliveries d
                      JOIN webhooks w ON w.id = d.webhook_id AND w.enabled
                      WHERE d.status = 'pending'
                        AND d.next_attempt_at <= now()
                        AND (d.locked_until IS NULL OR d.locked_until < now())
-                       AND d.webhook_id <> ALL($2::uuid[])
+                       AND d.webhook_id <> ALL($3::uuid[])
                        AND NOT EXISTS (
                            SELECT 1 FROM webhook_deliveries e
                            WHERE e.webhook_id = d.webhook_id AND e.account_id = d.account_id
@@ -197,11 +209,21 @@ impl Store {
                      ORDER BY d.next_attempt_at
                      LIMIT $1
                      FOR UPDATE OF d SKIP LOCKED
+                 ), picked AS (
+                     SELECT ranked.id FROM (
+                         SELECT due.id, due.webhook_id,
+                                row_number() OVER (PARTITION BY due.webhook_id
+                                                   ORDER BY due.next_attempt_at) AS n
+                         FROM due
+                     ) AS ranked
+                     LEFT JOIN unnest($4::uuid[], $5::bigint[]) AS b (webhook_id, in_flight)
+                          USING (webhook_id)
+                     WHERE ranked.n <= $2 - COALESCE(b.in_flight, 0)
                  )
                  UPDATE webhook_deliveries d
-                 SET locked_until = now() + $3 * interval '1 millisecond'
-                 FROM due, webhooks w, events e
-                 WHERE d.id = due.id AND w.id = d.webhook_id
+                 SET locked_until = now() + $6 * interval '1 millisecond'
+                 FROM picked, webhooks w, events e
+                 WHERE d.id = picked.id AND w.id = d.webhook_id
                    AND e.account_id = d.account_id AND e.version = d.account_version
                  RETURNING d.id, d.webhook_id, d.message_id, d.event_type, d.account_id,
                            d.account_version, d.attempts, w.uri, w.method, w.secret,
@@ -209,7 +231,14 @@ impl Store {
                            e.occurred_at, e.account_after::text,
                            e.balance_credit, e.balance_token, e.reserved_credit, e.reserved_token,
                            e.available_credit, e.available_token, e.trace_id, e.span_id",
-                &[&limit, &skip, &(hold_ms as f64)],
+                &[
+                    &limit,
+                    &per_webhook,
+                    &full,
+                    &busy_ids,
+                    &busy_counts,
+                    &(hold_ms as f64),
+                ],
             )
             .await?;
         Ok(rows

@@ -71,21 +71,19 @@ pub async fn run(
         }
         if claim_now && in_flight.len() < config.max_in_flight {
             let room = (config.max_in_flight - in_flight.len()).min(CLAIM_BATCH);
-            let skip: Vec<Uuid> = per_webhook
-                .iter()
-                .filter(|&(_, n)| *n >= config.per_webhook)
-                .map(|(id, _)| *id)
-                .collect();
-            match store.claim_deliveries(room as i64, &skip, hold).await {
+            let busy: Vec<(Uuid, i64)> =
+                per_webhook.iter().map(|(id, n)| (*id, *n as i64)).collect();
+            match store
+                .claim_deliveries(room as i64, config.per_webhook as i64, &busy, hold)
+                .await
+            {
                 Ok(claimed) => {
                     // A full claim may have left more due: claim again as
-                    // soon as there is room.
+                    // soon as there is room. (A claim cut short by the
+                    // per-webhook caps looks again when an attempt ends.)
                     claim_now = claimed.len() == room;
                     for delivery in claimed {
-                        let slots = per_webhook.entry(delivery.webhook_id).or_default();
-                        // The claim skipped webhooks at the cap, but one
-                        // claim may bring several of one webhook's.
-                        *slots += 1;
+                        *per_webhook.entry(delivery.webhook_id).or_default() += 1;
                         in_flight.push(tokio::spawn(attempt(
                             sender.clone(),
                             config.schedule.clone(),

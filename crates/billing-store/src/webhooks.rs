@@ -315,7 +315,7 @@ impl Store {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended('webhooks of ' || $1::text, 0))",
+            "SELECT pg_advisory_xact_lock(hashtextextended('webhooks of ' || $1::uuid::text, 0))",
             &[&new.customer_id],
         )
         .await?;
@@ -605,11 +605,12 @@ impl Store {
         Ok(delivery_row(&row)?)
     }
 
-    /// Queues again every change and alert delivered (or queued) to a
-    /// webhook since `since`: one new pending delivery, due now, per
-    /// (account, version, event type), with the first one's message id and
-    /// the next replay number, inserted in the order the changes were
-    /// first queued (so after everything already queued, in order per
+    /// Queues again every change and alert queued for a webhook since
+    /// `since` (by when its first delivery was queued): one new pending
+    /// delivery per (account, version, event type), due now (or when the
+    /// pending one it waits behind is), with the first delivery's message
+    /// id and the next replay number, inserted in the order the changes
+    /// were first queued (so after everything already queued, in order per
     /// account). At most `cap`; the rest is left for a call from
     /// [`Replay::next_since`].
     pub async fn replay_webhook(
@@ -632,19 +633,22 @@ impl Store {
         if !enabled {
             return Err(WebhookRefusal::WebhookDisabled.into());
         }
-        // The changes, each once (its first delivery's order and message
-        // id, and the last replay number it reached), in the order they
-        // were first queued: the first `cap`, and one more to know where
-        // the next call starts.
+        // The changes queued since `since` (their first deliveries, in the
+        // order they were queued, with their message ids), each with the
+        // next replay number: the first `cap`, and one more to know where
+        // the next call starts. A replay's own copies are not changes: a
+        // change replayed before is found by its first delivery's time.
         let rows = tx
             .query(
-                "SELECT account_id, account_version, event_type,
-                        (array_agg(message_id ORDER BY seq))[1] AS message_id,
-                        max(replay) + 1 AS next_replay, min(created_at) AS first_at
-                 FROM webhook_deliveries
-                 WHERE webhook_id = $1 AND created_at >= $2
-                 GROUP BY account_id, account_version, event_type
-                 ORDER BY min(created_at), min(seq)
+                "SELECT o.account_id, o.account_version, o.event_type, o.message_id,
+                        o.created_at AS first_at,
+                        (SELECT max(r.replay) + 1 FROM webhook_deliveries r
+                         WHERE r.webhook_id = o.webhook_id AND r.account_id = o.account_id
+                           AND r.account_version = o.account_version
+                           AND r.event_type = o.event_type) AS next_replay
+                 FROM webhook_deliveries o
+                 WHERE o.webhook_id = $1 AND o.replay = 0 AND o.created_at >= $2
+                 ORDER BY o.created_at, o.seq
                  LIMIT $3",
                 &[&webhook_id, &since, &cap.saturating_add(1)],
             )

@@ -13,7 +13,7 @@ use tonic::Code;
 use uuid::Uuid;
 
 /// Every RPC of the service, as the matrix calls them.
-const RPCS: [&str; 17] = [
+const RPCS: [&str; 26] = [
     "CreateBillingAccount",
     "GetBillingAccount",
     "UpdateBillingAccount",
@@ -31,7 +31,85 @@ const RPCS: [&str; 17] = [
     "EstimateCost",
     "ComparePlans",
     "WatchAccount",
+    "CreateWebhook",
+    "GetWebhook",
+    "ListWebhooks",
+    "UpdateWebhook",
+    "DeleteWebhook",
+    "RotateWebhookSecret",
+    "ListWebhookDeliveries",
+    "RetryWebhookDelivery",
+    "ReplayWebhook",
 ];
+
+/// A webhook of the customer of `account_id`, made by `admin` unless it
+/// has one.
+async fn webhook_of(admin: &mut Client, account_id: &str) -> (String, String) {
+    let customer = admin
+        .get_billing_account(pb::GetBillingAccountRequest {
+            id: account_id.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .customer_id;
+    let listed = admin
+        .list_webhooks(pb::ListWebhooksRequest {
+            customer_id: customer.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let id = match listed.webhooks.first() {
+        Some(webhook) => webhook.id.clone(),
+        None => {
+            admin
+                .create_webhook(webhook_request(&customer))
+                .await
+                .unwrap()
+                .into_inner()
+                .id
+        }
+    };
+    (customer, id)
+}
+
+fn webhook_request(customer: &str) -> pb::CreateWebhookRequest {
+    pb::CreateWebhookRequest {
+        customer_id: customer.to_owned(),
+        uri: "https://hooks.example.com/billing".into(),
+        event_types: vec!["account_updated".into()],
+        ..Default::default()
+    }
+}
+
+/// A failed delivery of `webhook_id` about `account_id`, written as the
+/// dispatcher would.
+async fn failed_delivery(
+    db: &billing_testkit::TestDb,
+    webhook_id: &str,
+    account_id: &str,
+) -> String {
+    let id = Uuid::now_v7();
+    let version = i64::try_from(UNIQUE.fetch_add(1, Ordering::Relaxed)).unwrap() + 1;
+    db.client()
+        .await
+        .execute(
+            "INSERT INTO webhook_deliveries (id, webhook_id, message_id, event_type, account_id,
+                 account_version, status, attempts, created_at)
+             VALUES ($1, $2, $1::uuid::text, 'account_updated', $3, $4, 'failed', 8, now())",
+            &[
+                &id,
+                &webhook_id.parse::<Uuid>().unwrap(),
+                &account_id.parse::<Uuid>().unwrap(),
+                &version,
+            ],
+        )
+        .await
+        .unwrap();
+    id.to_string()
+}
 
 /// The status a caller should get from an RPC.
 type Expected = Box<dyn Fn(&str) -> Code>;
@@ -49,6 +127,7 @@ async fn call(
     client: &mut Client,
     admin: &mut Client,
     account_id: &str,
+    db: &billing_testkit::TestDb,
 ) -> Result<(), tonic::Status> {
     let id = account_id.to_owned();
     let live_hold = async |admin: &mut Client| {
@@ -186,6 +265,86 @@ async fn call(
             })
             .await
             .map(drop),
+        "CreateWebhook" => {
+            let (customer, _) = webhook_of(admin, account_id).await;
+            client
+                .create_webhook(webhook_request(&customer))
+                .await
+                .map(drop)
+        }
+        "GetWebhook" => {
+            let (_, id) = webhook_of(admin, account_id).await;
+            client
+                .get_webhook(pb::GetWebhookRequest { id })
+                .await
+                .map(drop)
+        }
+        "ListWebhooks" => {
+            let (customer_id, _) = webhook_of(admin, account_id).await;
+            client
+                .list_webhooks(pb::ListWebhooksRequest {
+                    customer_id,
+                    ..Default::default()
+                })
+                .await
+                .map(drop)
+        }
+        "UpdateWebhook" => {
+            let (_, id) = webhook_of(admin, account_id).await;
+            client
+                .update_webhook(pb::UpdateWebhookRequest {
+                    id,
+                    name: Some(unique("hook")),
+                    ..Default::default()
+                })
+                .await
+                .map(drop)
+        }
+        "DeleteWebhook" => {
+            let (_, id) = webhook_of(admin, account_id).await;
+            client
+                .delete_webhook(pb::DeleteWebhookRequest { id })
+                .await
+                .map(drop)
+        }
+        "RotateWebhookSecret" => {
+            let (_, id) = webhook_of(admin, account_id).await;
+            client
+                .rotate_webhook_secret(pb::RotateWebhookSecretRequest {
+                    id,
+                    overlap_seconds: None,
+                })
+                .await
+                .map(drop)
+        }
+        "ListWebhookDeliveries" => {
+            let (_, webhook_id) = webhook_of(admin, account_id).await;
+            client
+                .list_webhook_deliveries(pb::ListWebhookDeliveriesRequest {
+                    webhook_id,
+                    ..Default::default()
+                })
+                .await
+                .map(drop)
+        }
+        "RetryWebhookDelivery" => {
+            let (_, webhook_id) = webhook_of(admin, account_id).await;
+            let delivery_id = failed_delivery(db, &webhook_id, account_id).await;
+            client
+                .retry_webhook_delivery(pb::RetryWebhookDeliveryRequest { delivery_id })
+                .await
+                .map(drop)
+        }
+        "ReplayWebhook" => {
+            let (_, webhook_id) = webhook_of(admin, account_id).await;
+            client
+                .replay_webhook(pb::ReplayWebhookRequest {
+                    webhook_id,
+                    since: Some(prost_types::Timestamp::default()),
+                })
+                .await
+                .map(drop)
+        }
         other => panic!("no call for {other}"),
     }
 }
@@ -242,6 +401,16 @@ async fn every_rpc_times_every_role() {
         "EstimateCost",
         "ComparePlans",
         "WatchAccount",
+        // Its own customer's webhooks.
+        "CreateWebhook",
+        "GetWebhook",
+        "ListWebhooks",
+        "UpdateWebhook",
+        "DeleteWebhook",
+        "RotateWebhookSecret",
+        "ListWebhookDeliveries",
+        "RetryWebhookDelivery",
+        "ReplayWebhook",
     ];
 
     let mut callers: Vec<(&str, Client, Expected)> = vec![
@@ -293,7 +462,7 @@ async fn every_rpc_times_every_role() {
     let mut failures = Vec::new();
     for (who, client, expected) in &mut callers {
         for rpc in RPCS {
-            let got = match call(rpc, client, &mut admin, &owned.id).await {
+            let got = match call(rpc, client, &mut admin, &owned.id, &app.db).await {
                 Ok(()) => Code::Ok,
                 Err(status) => status.code(),
             };

@@ -364,3 +364,189 @@ async fn bad_amounts_and_refused_calls_exit_non_zero_and_change_nothing() {
 
     assert_eq!(app.event_count().await, before);
 }
+
+#[tokio::test]
+async fn an_operator_registers_a_webhook_reads_its_deliveries_and_sends_a_failed_one_again() {
+    let app = TestApp::spawn().await;
+    let customer = uuid::Uuid::new_v4();
+    let account = app
+        .account_with(
+            0,
+            pb::CreateBillingAccountRequest {
+                customer_id: customer.to_string(),
+                ..Default::default()
+            },
+        )
+        .await;
+    let customer = customer.to_string();
+
+    let created = admin(
+        &app,
+        operator(),
+        &[
+            "webhooks",
+            "create",
+            "--customer",
+            &customer,
+            "--name",
+            "ticket 4713",
+            "--uri",
+            "https://hooks.example.com/billing",
+            "--event-type",
+            "account_updated",
+            "--event-type",
+            "balance_low",
+            "--account",
+            &account.id,
+        ],
+    )
+    .await;
+    assert!(created.ok, "{}", created.stderr);
+    assert!(created.stdout.contains("secret"), "{}", created.stdout);
+    assert!(created.stdout.contains("whsec_"), "{}", created.stdout);
+    let id = created
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("webhook "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no id: {}", created.stdout))
+        .to_owned();
+
+    let listed = admin(
+        &app,
+        operator(),
+        &["webhooks", "list", "--customer", &customer, "--json"],
+    )
+    .await
+    .json();
+    let webhooks = listed["webhooks"].as_array().unwrap();
+    assert_eq!(webhooks.len(), 1);
+    assert_eq!(webhooks[0]["id"], id.as_str());
+    assert_eq!(webhooks[0]["event_types"][1], "balance_low");
+    assert!(webhooks[0].get("secret").is_none(), "no secret in a list");
+    let table = admin(
+        &app,
+        operator(),
+        &["webhooks", "list", "--customer", &customer],
+    )
+    .await;
+    assert_eq!(table.stdout.lines().count(), 2, "{}", table.stdout);
+    assert!(table.stdout.contains("https://hooks.example.com/billing"));
+
+    let shown = admin(&app, operator(), &["webhooks", "show", &id]).await;
+    assert!(
+        shown.stdout.contains("status    enabled"),
+        "{}",
+        shown.stdout
+    );
+    assert!(!shown.stdout.contains("whsec_"), "{}", shown.stdout);
+
+    // A failed delivery, as the dispatcher leaves one.
+    let delivery = uuid::Uuid::now_v7();
+    app.db
+        .client()
+        .await
+        .execute(
+            "INSERT INTO webhook_deliveries (id, webhook_id, message_id, event_type, account_id,
+                 account_version, status, attempts, last_status_code, last_error, created_at)
+             VALUES ($1, $2, 'msg_1', 'account_updated', $3, 1, 'failed', 8, 503,
+                     'HTTP 503: down for maintenance', now())",
+            &[
+                &delivery,
+                &id.parse::<uuid::Uuid>().unwrap(),
+                &account.id.parse::<uuid::Uuid>().unwrap(),
+            ],
+        )
+        .await
+        .unwrap();
+    let failed = admin(
+        &app,
+        operator(),
+        &["webhooks", "deliveries", &id, "--status", "failed"],
+    )
+    .await;
+    assert!(failed.ok, "{}", failed.stderr);
+    let lines: Vec<&str> = failed.stdout.lines().collect();
+    assert!(lines[0].starts_with("ID"), "{}", failed.stdout);
+    assert!(lines[1].contains("503"), "{}", failed.stdout);
+    assert!(
+        lines[1].contains("down for maintenance"),
+        "{}",
+        failed.stdout
+    );
+
+    let retried = admin(
+        &app,
+        operator(),
+        &["webhooks", "retry", &delivery.to_string(), "--json"],
+    )
+    .await
+    .json();
+    assert_eq!(retried["status"], "WEBHOOK_DELIVERY_STATUS_PENDING");
+    let pending = admin(
+        &app,
+        operator(),
+        &[
+            "webhooks",
+            "deliveries",
+            &id,
+            "--status",
+            "pending",
+            "--json",
+        ],
+    )
+    .await
+    .json();
+    assert_eq!(pending["deliveries"][0]["id"], delivery.to_string());
+    // Sent again once: a second retry is refused, and says why.
+    let again = admin(
+        &app,
+        operator(),
+        &["webhooks", "retry", &delivery.to_string()],
+    )
+    .await;
+    assert!(!again.ok);
+    assert!(
+        again.stderr.contains("DELIVERY_NOT_FAILED"),
+        "{}",
+        again.stderr
+    );
+
+    let disabled = admin(&app, operator(), &["webhooks", "disable", &id]).await;
+    assert!(
+        disabled
+            .stdout
+            .contains("disabled  disabled through the API"),
+        "{}",
+        disabled.stdout
+    );
+    let rotated = admin(&app, operator(), &["webhooks", "rotate", &id, "--json"])
+        .await
+        .json();
+    assert!(rotated["secret"].as_str().unwrap().starts_with("whsec_"));
+    assert!(rotated["previous_secret_expires_at"].is_string());
+    let deleted = admin(&app, operator(), &["webhooks", "delete", &id]).await;
+    assert!(deleted.ok, "{}", deleted.stderr);
+    let gone = admin(&app, operator(), &["webhooks", "show", &id]).await;
+    assert!(!gone.ok);
+    assert!(gone.stderr.contains("WEBHOOK_NOT_FOUND"), "{}", gone.stderr);
+
+    // Bad input is the service's INVALID_ARGUMENT, naming the field.
+    let bad = admin(
+        &app,
+        operator(),
+        &[
+            "webhooks",
+            "create",
+            "--customer",
+            &customer,
+            "--uri",
+            "ftp://hooks.example.com/",
+            "--event-type",
+            "account_updated",
+        ],
+    )
+    .await;
+    assert!(!bad.ok);
+    assert!(bad.stderr.contains("uri"), "{}", bad.stderr);
+}

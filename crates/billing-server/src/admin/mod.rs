@@ -1,11 +1,13 @@
 //! `billing admin …`: what an operator needs to resolve a support ticket,
 //! over the same gRPC API and tokens as every other client. Tables on a
 //! terminal, the API's JSON with `--json`; amounts typed in currency units
-//! are parsed exactly into micros ([`amount`]).
+//! are parsed exactly into micros ([`amount`]). `webhooks` holds the
+//! `billing admin webhooks …` commands.
 
 pub mod amount;
 pub mod table;
 mod view;
+mod webhooks;
 
 use anyhow::{Context as _, bail};
 use billing_proto::v1 as pb;
@@ -182,6 +184,9 @@ enum AdminCommand {
         #[arg(long)]
         key: Option<String>,
     },
+    /// A customer's webhooks and their deliveries.
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhookCommand),
 }
 
 /// An amount of credit (in currency units or micros) and/or tokens. For
@@ -340,6 +345,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             )
             .await
         }
+        AdminCommand::Webhooks(command) => webhooks::run(&mut client, &out, command).await,
         AdminCommand::Unfreeze { account_id, key } => {
             set_status(
                 &mut client,

@@ -247,7 +247,7 @@ fn plan(account: &pb::BillingAccount) -> String {
 }
 
 /// `2026-11-22 03:44:07` (UTC, to the second), or `-`.
-fn when(at: Option<&Timestamp>) -> String {
+pub(super) fn when(at: Option<&Timestamp>) -> String {
     match at {
         None => "-".into(),
         Some(at) => {
@@ -261,14 +261,14 @@ fn when(at: Option<&Timestamp>) -> String {
     }
 }
 
-fn next_page(text: &mut String, token: &str) {
+pub(super) fn next_page(text: &mut String, token: &str) {
     if !token.is_empty() {
         text.push_str(&format!("more: --page-token {token}\n"));
     }
 }
 
 /// Prints `text`; a closed pipe (`| head`) is no error of ours.
-fn say(text: &str) -> Printed {
+pub(super) fn say(text: &str) -> Printed {
     let _ = std::io::stdout().write_all(text.as_bytes());
     Ok(())
 }

@@ -50,6 +50,10 @@ pub struct WebhookArgs {
     /// Customers with a webhook to the slow endpoint (0: none).
     #[arg(long, default_value_t = 0)]
     slow_customers: usize,
+    /// Accounts per slow customer: enough heads to keep the slow endpoint
+    /// busy throughout, few enough that recording them costs little.
+    #[arg(long, default_value_t = 10)]
+    slow_accounts: usize,
     /// How long the slow endpoint takes to answer.
     #[arg(long, default_value_t = 2_000)]
     slow_ms: u64,
@@ -62,7 +66,16 @@ pub struct WebhookArgs {
 /// not counted twice) and answers after `delay`.
 #[derive(Clone)]
 struct Endpoint {
-    seen: Arc<Mutex<(HashSet<String>, Option<Instant>, Option<Instant>)>>,
+    seen: Arc<Mutex<Seen>>,
+}
+
+/// What an endpoint has received: the message ids, and when the first
+/// request and the last new one came.
+#[derive(Default)]
+struct Seen {
+    ids: HashSet<String>,
+    first: Option<Instant>,
+    last: Option<Instant>,
 }
 
 impl Endpoint {
@@ -92,9 +105,9 @@ impl Endpoint {
                                 {
                                     let mut seen = endpoint.seen.lock().unwrap();
                                     let now = Instant::now();
-                                    seen.1.get_or_insert(now);
-                                    if seen.0.insert(id) {
-                                        seen.2 = Some(now);
+                                    seen.first.get_or_insert(now);
+                                    if seen.ids.insert(id) {
+                                        seen.last = Some(now);
                                     }
                                 }
                                 Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::new())))
@@ -110,13 +123,13 @@ impl Endpoint {
     }
 
     fn count(&self) -> usize {
-        self.seen.lock().unwrap().0.len()
+        self.seen.lock().unwrap().ids.len()
     }
 
     /// From the first request to the last new one.
     fn span(&self) -> Duration {
         let seen = self.seen.lock().unwrap();
-        match (seen.1, seen.2) {
+        match (seen.first, seen.last) {
             (Some(first), Some(last)) => last - first,
             _ => Duration::ZERO,
         }
@@ -127,9 +140,9 @@ use crate::run::Client;
 
 async fn setup(
     client: &Client,
-    args: &WebhookArgs,
     url: &str,
     customers: usize,
+    accounts_each: usize,
 ) -> anyhow::Result<Vec<String>> {
     let mut accounts = Vec::new();
     for _ in 0..customers {
@@ -146,7 +159,7 @@ async fn setup(
             })
             .await
             .context("CreateWebhook")?;
-        for _ in 0..args.accounts {
+        for _ in 0..accounts_each {
             let account = client
                 .clone()
                 .create_billing_account(pb::CreateBillingAccountRequest {
@@ -205,8 +218,8 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
         "project_super_admin",
     )
     .await?;
-    let fast_accounts = setup(&client, &args, &fast_url, args.customers).await?;
-    let slow_accounts = setup(&client, &args, &slow_url, args.slow_customers).await?;
+    let fast_accounts = setup(&client, &fast_url, args.customers, args.accounts).await?;
+    let slow_accounts = setup(&client, &slow_url, args.slow_customers, args.slow_accounts).await?;
     let all: Vec<String> = fast_accounts
         .iter()
         .chain(&slow_accounts)

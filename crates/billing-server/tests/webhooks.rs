@@ -7,7 +7,6 @@ mod support;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use base64::Engine as _;
 use billing_proto::v1 as pb;
 use billing_server::{Role, ServeConfig};
 use billing_testkit::TestDb;
@@ -26,34 +25,24 @@ fn dispatcher(config: &mut ServeConfig) {
     config.webhooks.webhook_retry_schedule = "0s,200ms,200ms,200ms".parse().unwrap();
 }
 
-fn new_secret() -> String {
-    let bytes: Vec<u8> = [Uuid::new_v4(), Uuid::new_v4()]
-        .iter()
-        .flat_map(|u| u.as_bytes().to_vec())
-        .collect();
-    format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(bytes)
-    )
-}
-
-/// Registers a webhook of `customer` for `types` at `uri`; returns its id
-/// and secret.
-async fn register(db: &TestDb, customer: Uuid, uri: &str, types: &[&str]) -> (Uuid, String) {
-    let id = Uuid::now_v7();
-    let secret = new_secret();
-    let types: Vec<String> = types.iter().map(|t| (*t).to_owned()).collect();
-    db.client()
+/// Registers a webhook of `customer` for `types` at `uri` through the API
+/// (as its customer admin would); returns its id and secret.
+async fn register(app: &TestApp, customer: Uuid, uri: &str, types: &[&str]) -> (Uuid, String) {
+    let webhook = app
+        .client
+        .clone()
+        .create_webhook(pb::CreateWebhookRequest {
+            customer_id: customer.to_string(),
+            name: "test".into(),
+            uri: uri.to_owned(),
+            method: "POST".into(),
+            event_types: types.iter().map(|t| (*t).to_owned()).collect(),
+            ..Default::default()
+        })
         .await
-        .execute(
-            "INSERT INTO webhooks (id, customer_id, name, uri, method, event_types, secret,
-                                   created_at, updated_at)
-             VALUES ($1, $2, 'test', $3, 'POST', $4, $5, now(), now())",
-            &[&id, &customer, &uri, &types, &secret],
-        )
-        .await
-        .unwrap();
-    (id, secret)
+        .expect("CreateWebhook")
+        .into_inner();
+    (webhook.id.parse().unwrap(), webhook.secret)
 }
 
 async fn account_of(app: &TestApp, customer: Uuid, credit: i64) -> pb::BillingAccount {
@@ -96,13 +85,7 @@ async fn every_change_reaches_the_endpoint_signed_and_in_version_order() {
     let app = TestApp::spawn_with(TestDb::new().await, dispatcher).await;
     let receiver = Receiver::start().await;
     let customer = Uuid::new_v4();
-    let (_, secret) = register(
-        &app.db,
-        customer,
-        &receiver.url("/hook"),
-        &["account_updated"],
-    )
-    .await;
+    let (_, secret) = register(&app, customer, &receiver.url("/hook"), &["account_updated"]).await;
     let account = account_of(&app, customer, 15_500_000).await;
     for _ in 0..8 {
         app.add(&account.id, 1_000_000, 0).await;
@@ -142,13 +125,8 @@ async fn a_failed_attempt_is_retried_with_the_same_message_id() {
     let receiver = Receiver::start().await;
     receiver.script([Reply::status(500), Reply::status(502)]);
     let customer = Uuid::new_v4();
-    let (webhook, secret) = register(
-        &app.db,
-        customer,
-        &receiver.url("/hook"),
-        &["account_updated"],
-    )
-    .await;
+    let (webhook, secret) =
+        register(&app, customer, &receiver.url("/hook"), &["account_updated"]).await;
     account_of(&app, customer, 0).await;
     let received = receiver.wait_for(PATIENCE, |r| r.len() >= 3).await;
     assert!(
@@ -177,13 +155,7 @@ async fn gone_disables_the_webhook_at_once() {
     let receiver = Receiver::start().await;
     receiver.otherwise(Reply::status(410));
     let customer = Uuid::new_v4();
-    let (webhook, _) = register(
-        &app.db,
-        customer,
-        &receiver.url("/hook"),
-        &["account_updated"],
-    )
-    .await;
+    let (webhook, _) = register(&app, customer, &receiver.url("/hook"), &["account_updated"]).await;
     let account = account_of(&app, customer, 0).await;
     receiver.wait_for(PATIENCE, |r| !r.is_empty()).await;
     wait_until(|| async {
@@ -211,13 +183,7 @@ async fn retry_after_is_honoured() {
     let receiver = Receiver::start().await;
     receiver.script([Reply::status(503).header("retry-after", "2")]);
     let customer = Uuid::new_v4();
-    register(
-        &app.db,
-        customer,
-        &receiver.url("/hook"),
-        &["account_updated"],
-    )
-    .await;
+    register(&app, customer, &receiver.url("/hook"), &["account_updated"]).await;
     account_of(&app, customer, 0).await;
     let received = receiver.wait_for(PATIENCE, |r| r.len() >= 2).await;
     let gap = received[1].at - received[0].at;
@@ -237,15 +203,10 @@ async fn a_private_address_is_refused_unless_allowed() {
     let receiver = Receiver::start().await;
     let customer = Uuid::new_v4();
     // By address, and by a name that resolves to loopback.
-    let (by_address, _) = register(
-        &app.db,
-        customer,
-        &receiver.url("/hook"),
-        &["account_updated"],
-    )
-    .await;
+    let (by_address, _) =
+        register(&app, customer, &receiver.url("/hook"), &["account_updated"]).await;
     let by_name_uri = format!("http://localhost:{}/hook", receiver.addr.port());
-    let (by_name, _) = register(&app.db, customer, &by_name_uri, &["account_updated"]).await;
+    let (by_name, _) = register(&app, customer, &by_name_uri, &["account_updated"]).await;
     account_of(&app, customer, 0).await;
     for webhook in [by_address, by_name] {
         wait_until(|| async {
@@ -264,24 +225,20 @@ async fn during_a_rotation_both_secrets_sign() {
     let app = TestApp::spawn_with(TestDb::new().await, dispatcher).await;
     let receiver = Receiver::start().await;
     let customer = Uuid::new_v4();
-    let (webhook, old) = register(
-        &app.db,
-        customer,
-        &receiver.url("/hook"),
-        &["account_updated"],
-    )
-    .await;
-    let new = new_secret();
-    app.db
-        .client()
+    let (webhook, old) =
+        register(&app, customer, &receiver.url("/hook"), &["account_updated"]).await;
+    let new = app
+        .client
+        .clone()
+        .rotate_webhook_secret(pb::RotateWebhookSecretRequest {
+            id: webhook.to_string(),
+            overlap_seconds: Some(3_600),
+        })
         .await
-        .execute(
-            "UPDATE webhooks SET previous_secret = secret, secret = $2,
-                 previous_secret_until = now() + interval '1 hour' WHERE id = $1",
-            &[&webhook, &new],
-        )
-        .await
-        .unwrap();
+        .expect("RotateWebhookSecret")
+        .into_inner()
+        .secret;
+    assert_ne!(new, old);
     account_of(&app, customer, 0).await;
     let received = receiver.wait_for(PATIENCE, |r| !r.is_empty()).await;
     assert_eq!(received[0].signature.split(' ').count(), 2);
@@ -303,13 +260,7 @@ async fn two_dispatchers_share_the_work_and_never_send_one_delivery_at_once() {
     let receiver = Receiver::start().await;
     receiver.otherwise(Reply::status(200).after(Duration::from_millis(30)));
     let customer = Uuid::new_v4();
-    register(
-        &app.db,
-        customer,
-        &receiver.url("/hook"),
-        &["account_updated"],
-    )
-    .await;
+    register(&app, customer, &receiver.url("/hook"), &["account_updated"]).await;
     // Six accounts of six changes each (created, tokens granted, four
     // top-ups).
     let mut accounts = Vec::new();
@@ -355,14 +306,14 @@ async fn a_slow_endpoint_never_holds_up_another() {
     let slow_customer = Uuid::new_v4();
     let fast_customer = Uuid::new_v4();
     register(
-        &app.db,
+        &app,
         slow_customer,
         &slow.url("/hook"),
         &["account_updated"],
     )
     .await;
     register(
-        &app.db,
+        &app,
         fast_customer,
         &fast.url("/hook"),
         &["account_updated"],
@@ -427,13 +378,8 @@ async fn a_dispatcher_killed_mid_send_sends_again_on_restart() {
     // The first request hangs past the kill.
     receiver.script([Reply::status(200).after(Duration::from_secs(30))]);
     let customer = Uuid::new_v4();
-    let (webhook, secret) = register(
-        &app.db,
-        customer,
-        &receiver.url("/hook"),
-        &["account_updated"],
-    )
-    .await;
+    let (webhook, secret) =
+        register(&app, customer, &receiver.url("/hook"), &["account_updated"]).await;
     let account = account_of(&app, customer, 0).await;
     let mut dispatcher = start_dispatcher(&app.db);
     receiver.wait_for(PATIENCE, |r| !r.is_empty()).await;

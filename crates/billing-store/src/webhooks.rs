@@ -591,10 +591,12 @@ impl Store {
                 &format!(
                     "UPDATE webhook_deliveries d
                      SET status = 'pending', attempts = 0, locked_until = NULL, delivered_at = NULL,
-                         next_attempt_at = GREATEST($2, (
-                             SELECT max(e.next_attempt_at) FROM webhook_deliveries e
+                         -- Due now unless it waits behind another of its
+                         -- webhook and account (deliveries.rs: order).
+                         next_attempt_at = CASE WHEN NOT EXISTS (
+                             SELECT 1 FROM webhook_deliveries e
                              WHERE e.webhook_id = d.webhook_id AND e.account_id = d.account_id
-                               AND e.status = 'pending' AND e.seq < d.seq))
+                               AND e.status = 'pending' AND e.seq < d.seq) THEN $2::timestamptz END
                      WHERE id = $1
                      RETURNING {DELIVERY_COLUMNS}"
                 ),
@@ -670,13 +672,20 @@ impl Store {
                      account_id, account_version, status, next_attempt_at, created_at, replay)
                  SELECT c.id, $1, c.message_id, c.event_type, c.account_id, c.account_version,
                         'pending',
-                        GREATEST($2, (SELECT max(d.next_attempt_at) FROM webhook_deliveries d
-                                      WHERE d.webhook_id = $1 AND d.account_id = c.account_id
-                                        AND d.status = 'pending')),
+                        -- Due now only as its account's head: the first copy
+                        -- with nothing pending before it (deliveries.rs: order).
+                        CASE WHEN c.nth = 1 AND NOT EXISTS (
+                                 SELECT 1 FROM webhook_deliveries d
+                                 WHERE d.webhook_id = $1 AND d.account_id = c.account_id
+                                   AND d.status = 'pending')
+                             THEN $2::timestamptz END,
                         $2, c.replay
-                 FROM unnest($3::uuid[], $4::text[], $5::text[], $6::uuid[], $7::bigint[], $8::int[])
-                      WITH ORDINALITY
-                      AS c (id, message_id, event_type, account_id, account_version, replay, n)
+                 FROM (SELECT u.*, row_number() OVER (PARTITION BY u.account_id ORDER BY u.n) AS nth
+                       FROM unnest($3::uuid[], $4::text[], $5::text[], $6::uuid[], $7::bigint[],
+                                   $8::int[])
+                            WITH ORDINALITY
+                            AS u (id, message_id, event_type, account_id, account_version, replay, n)
+                      ) AS c
                  ORDER BY c.n",
                 &[
                     &webhook_id,

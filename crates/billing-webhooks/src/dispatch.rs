@@ -47,6 +47,10 @@ const CLAIM_BATCH: usize = 256;
 const BACKOFF: Duration = Duration::from_millis(500);
 /// How often the backlog gauges are refreshed.
 const BACKLOG_EVERY: Duration = Duration::from_secs(10);
+/// How often deliveries stranded by a race with their head's resolution
+/// are looked for, and how far back (see `Store::promote_stranded`).
+const STRANDED_EVERY: Duration = Duration::from_secs(1);
+const STRANDED_WINDOW: Duration = Duration::from_secs(60);
 
 /// Sends due deliveries until `shutdown`; `wake` is notified when new ones
 /// are made in this process.
@@ -61,6 +65,10 @@ pub async fn run(
     let mut per_webhook: HashMap<Uuid, usize> = HashMap::new();
     let mut done: Vec<AttemptRecord> = Vec::new();
     let mut backlog = tokio::time::interval(BACKLOG_EVERY);
+    let mut stranded = tokio::time::interval(STRANDED_EVERY);
+    // The first look goes all the way back: a dispatcher that stopped
+    // right after such a race left its stranded deliveries to the next.
+    let mut stranded_window = None;
     // The attempt's timeout, and time to record it, before another
     // dispatcher may take the delivery over.
     let hold = config.timeout * 2 + Duration::from_secs(2);
@@ -127,6 +135,20 @@ pub async fn run(
             () = wake.notified() => claim_now = true,
             () = tokio::time::sleep(config.poll) => claim_now = true,
             _ = backlog.tick() => report_backlog(&store).await,
+            _ = stranded.tick() => {
+                match store.promote_stranded(stranded_window).await {
+                    Ok(promoted) => {
+                        stranded_window = Some(STRANDED_WINDOW);
+                        if promoted > 0 {
+                            tracing::debug!(promoted, "dispatcher: promoted stranded deliveries");
+                            claim_now = true;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "dispatcher: cannot look for stranded deliveries");
+                    }
+                }
+            }
             _ = shutdown.changed() => {}
         }
     }

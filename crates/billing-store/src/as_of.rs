@@ -93,7 +93,10 @@ impl Store {
         at: DateTime<Utc>,
     ) -> Result<Option<AccountView>, StoreError> {
         let client = self.pool.get().await?;
-        let Some(row) = client.query_opt(AS_OF, &[&current.id, &at]).await? else {
+        // Prepared once per pooled connection: planning the search costs
+        // more than running it.
+        let statement = client.prepare_cached(AS_OF).await?;
+        let Some(row) = client.query_opt(&statement, &[&current.id, &at]).await? else {
             return Ok(None);
         };
         let version: i64 = row.get(0);

@@ -78,10 +78,10 @@ pub use error::StoreError;
 pub use feed::{Cursor, Lease, MAX_CAUSES, StoredEvent, causes};
 pub use migrate::{MIGRATIONS, migrate};
 pub use probe::DatabaseProbe;
-pub use retention::{RETENTION_BATCH, Removed};
 pub use projection::{
     BatchReport, Gap, Lag, LedgerEntry, LedgerQuery, READ_MODELS, RebuildProgress,
 };
+pub use retention::{RETENTION_BATCH, Removed};
 pub use verify::{ChainDigest, Verification};
 pub use wakeup::FeedWakeup;
 pub use watch::{VersionedView, ViewPage};

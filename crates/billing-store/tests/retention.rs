@@ -120,7 +120,10 @@ async fn history(store: &Store, clock: &Mutex<DateTime<Utc>>) -> (Uuid, Outcome)
         .execute(id, &keyed(Some("old")), &add(1_000))
         .await
         .unwrap());
-    ok(store.execute(id, &keyed(None), &reserve("call-old")).await.unwrap());
+    ok(store
+        .execute(id, &keyed(None), &reserve("call-old"))
+        .await
+        .unwrap());
     ok(store
         .execute_on_reservation(&keyed(None), &commit("call-old"))
         .await
@@ -152,12 +155,18 @@ async fn records_older_than_the_window_go_and_younger_ones_and_live_holds_stay()
     history(&store, &clock).await;
 
     // Six days in, nothing is a week old yet.
-    let removed = store.remove_expired(Some(WEEK), Some(WEEK), 10).await.unwrap();
+    let removed = store
+        .remove_expired(Some(WEEK), Some(WEEK), 10)
+        .await
+        .unwrap();
     assert_eq!(removed, billing_store::Removed::default());
     assert_eq!(keys(&db).await, ["old", "young"]);
 
     *clock.lock().unwrap() = start() + Duration::days(7) + Duration::seconds(1);
-    let removed = store.remove_expired(Some(WEEK), Some(WEEK), 10).await.unwrap();
+    let removed = store
+        .remove_expired(Some(WEEK), Some(WEEK), 10)
+        .await
+        .unwrap();
     assert_eq!((removed.idempotency_keys, removed.reservations), (1, 1));
     assert_eq!(keys(&db).await, ["young"]);
     assert_eq!(
@@ -177,13 +186,17 @@ async fn records_older_than_the_window_go_and_younger_ones_and_live_holds_stay()
 }
 
 #[tokio::test]
-async fn a_retry_inside_the_window_replays_the_first_answer_after_a_sweep_and_one_after_it_is_new() {
+async fn a_retry_inside_the_window_replays_the_first_answer_after_a_sweep_and_one_after_it_is_new()
+{
     let db = TestDb::new().await;
     let (store, clock) = pinned(&db);
     let (id, young) = history(&store, &clock).await;
     *clock.lock().unwrap() = start() + Duration::days(7) + Duration::seconds(1);
     let first_commit = store.reservation("call-young").await.unwrap().unwrap();
-    store.remove_expired(Some(WEEK), Some(WEEK), 10).await.unwrap();
+    store
+        .remove_expired(Some(WEEK), Some(WEEK), 10)
+        .await
+        .unwrap();
     let balance = store.account(id).await.unwrap().unwrap().balance_credit;
 
     // Inside the window: the first answer, applied once.
@@ -312,7 +325,10 @@ async fn retention_batches_take_no_account_lock_and_skip_rows_the_command_path_h
         .await
         .unwrap()
         .unwrap();
-    let removed = store.remove_expired(Some(WEEK), Some(WEEK), 10).await.unwrap();
+    let removed = store
+        .remove_expired(Some(WEEK), Some(WEEK), 10)
+        .await
+        .unwrap();
     assert_eq!((removed.idempotency_keys, removed.reservations), (1, 1));
 }
 

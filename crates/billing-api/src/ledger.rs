@@ -44,42 +44,43 @@ pub async fn balance(
             requested: currency.to_string(),
         }));
     }
+    // Every field from one view: the account now (strongly consistent), or
+    // as it stood at `as_of` (its settings then, not today's).
     let now = api.store.now().max(account.tm_update);
-    let overflow = |_| rejected(&Rejection::Overflow);
-    let (at, version, b, promotional) = match as_of {
+    let (at, view) = match as_of {
         None => (
             now,
-            account.version,
-            account.balances(now).map_err(overflow)?,
-            account.promotional(now).map_err(overflow)?,
+            account
+                .view(now)
+                .map_err(|_| rejected(&Rejection::Overflow))?,
         ),
         Some(at) => {
-            let (version, balances, promotional) = api
+            let view = api
                 .store
-                .balances_as_of(id, at)
+                .account_as_of(&account, at)
                 .await
                 .map_err(|e| store_failed(&e))?
                 .ok_or_else(|| invalid("as_of", "is before the account existed"))?;
-            (at, version, balances, promotional)
+            (at, view)
         }
     };
     Ok(Response::new(pb::Balance {
         account_id: id.to_string(),
-        currency: account.currency.to_string(),
-        balance: b.balance_credit.get(),
-        reserved_funds: b.reserved_credit.get(),
-        promotional_balance: promotional.get(),
-        available_balance: b.available_credit.get(),
-        credit_limit: account.credit_limit.get(),
-        is_postpaid: account.is_postpaid,
-        credit_limit_type: convert::ToProto::to_proto(account.credit_limit_type).into(),
-        low_balance_threshold: account.low_balance_threshold.get(),
-        status: convert::ToProto::to_proto(account.status).into(),
-        balance_token: b.balance_token.get(),
-        reserved_token: b.reserved_token.get(),
-        available_token: b.available_token.get(),
+        currency: view.currency.to_string(),
+        balance: view.balance_credit.get(),
+        reserved_funds: view.reserved_credit.get(),
+        promotional_balance: view.balance_promotional.get(),
+        available_balance: view.available_credit.get(),
+        credit_limit: view.credit_limit.get(),
+        is_postpaid: view.is_postpaid,
+        credit_limit_type: convert::ToProto::to_proto(view.credit_limit_type).into(),
+        low_balance_threshold: view.low_balance_threshold.get(),
+        status: convert::ToProto::to_proto(view.status).into(),
+        balance_token: view.balance_token.get(),
+        reserved_token: view.reserved_token.get(),
+        available_token: view.available_token.get(),
         as_of: Some(convert::timestamp(at)),
-        version,
+        version: view.version,
     }))
 }
 

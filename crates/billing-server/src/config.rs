@@ -581,6 +581,26 @@ pub struct ServeConfig {
     /// hash-chain head (0: never).
     #[arg(long, env = "BILLING_CHAIN_DIGEST_INTERVAL_S", default_value_t = 3_600)]
     pub chain_digest_interval_s: u64,
+    /// How long an idempotency record is kept (the retry window of every
+    /// keyed request): the sweeper removes older ones. 0: forever; else at
+    /// least an hour.
+    #[arg(
+        long,
+        env = "BILLING_IDEMPOTENCY_RETENTION_S",
+        default_value_t = 604_800,
+        value_parser = retention_window
+    )]
+    pub idempotency_retention_s: u64,
+    /// How long a resolved (committed, released or expired) reservation is
+    /// kept after its resolution: a repeated Commit or Release inside it gets
+    /// the first answer. 0: forever; else at least an hour.
+    #[arg(
+        long,
+        env = "BILLING_RESERVATION_RETENTION_S",
+        default_value_t = 604_800,
+        value_parser = retention_window
+    )]
+    pub reservation_retention_s: u64,
     /// Apply pending migrations before serving.
     #[arg(long, env = "BILLING_MIGRATE", default_value_t = false)]
     pub migrate: bool,
@@ -616,6 +636,8 @@ impl ServeConfig {
             rate_table: None,
             sweep_interval_ms: 200,
             chain_digest_interval_s: 3_600,
+            idempotency_retention_s: 604_800,
+            reservation_retention_s: 604_800,
             migrate: true,
         }
     }
@@ -639,6 +661,16 @@ impl ServeConfig {
         Duration::from_millis(self.sweep_interval_ms.max(10))
     }
 
+    /// The retention windows (idempotency records, resolved reservations);
+    /// `None` keeps them forever.
+    pub fn retention(&self) -> crate::sweeper::Retention {
+        let window = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+        crate::sweeper::Retention {
+            idempotency: window(self.idempotency_retention_s),
+            reservations: window(self.reservation_retention_s),
+        }
+    }
+
     /// The configured rate table, or the default one.
     pub fn rates(&self) -> anyhow::Result<RateTable> {
         let Some(path) = &self.rate_table else {
@@ -648,6 +680,23 @@ impl ServeConfig {
             .with_context(|| format!("reading the rate table {}", path.display()))?;
         RateTable::from_toml(&text).with_context(|| format!("in the rate table {}", path.display()))
     }
+}
+
+/// The shortest retention window: shorter ones would forget requests that
+/// ordinary retries repeat.
+pub const MIN_RETENTION_S: u64 = 3_600;
+
+/// A retention window in seconds: 0 (forever) or at least an hour.
+fn retention_window(text: &str) -> Result<u64, String> {
+    let seconds: u64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number of seconds"))?;
+    if seconds != 0 && seconds < MIN_RETENTION_S {
+        return Err(format!(
+            "{seconds} s is shorter than the shortest window, {MIN_RETENTION_S} s (0 keeps forever)"
+        ));
+    }
+    Ok(seconds)
 }
 
 #[cfg(test)]
@@ -718,6 +767,46 @@ mod tests {
         );
         assert!(
             Cli::try_parse_from(["billing", "--database-url", "u", "--roles", "nope"]).is_err()
+        );
+    }
+
+    #[test]
+    fn retention_keeps_a_week_by_default_forever_at_zero_and_never_less_than_an_hour() {
+        let cli = Cli::try_parse_from(["billing", "--database-url", "u"]).unwrap();
+        let week = Some(Duration::from_secs(7 * 86_400));
+        assert_eq!(cli.serve.retention().idempotency, week);
+        assert_eq!(cli.serve.retention().reservations, week);
+        let forever = Cli::try_parse_from([
+            "billing",
+            "--database-url",
+            "u",
+            "--idempotency-retention-s",
+            "0",
+            "--reservation-retention-s",
+            "3600",
+        ])
+        .unwrap();
+        assert_eq!(forever.serve.retention().idempotency, None);
+        assert_eq!(
+            forever.serve.retention().reservations,
+            Some(Duration::from_secs(3_600))
+        );
+        for short in ["1", "3599"] {
+            assert!(
+                Cli::try_parse_from([
+                    "billing",
+                    "--database-url",
+                    "u",
+                    "--idempotency-retention-s",
+                    short
+                ])
+                .is_err()
+            );
+        }
+        assert_eq!(
+            ServeConfig::for_database("x", "0123456789abcdef").retention(),
+            cli.serve.retention(),
+            "tests run what users run"
         );
     }
 }

@@ -155,6 +155,17 @@ impl Application {
                 self.config.sweep_interval(),
                 stop_rx.clone(),
             ));
+            let retention = self.config.retention();
+            tracing::info!(
+                idempotency_s = retention.idempotency.map(|w| w.as_secs()),
+                reservations_s = retention.reservations.map(|w| w.as_secs()),
+                "started retention: removes idempotency records and resolved reservations past their windows"
+            );
+            tasks.spawn(sweeper::retain(
+                self.store.clone(),
+                retention,
+                stop_rx.clone(),
+            ));
             let every = self.config.chain_digest_interval_s;
             if every > 0 {
                 tasks.spawn(digest::run(

@@ -186,6 +186,10 @@ fn describe() {
         "billing_sweeper_accounts_total",
         "Accounts the sweeper housekept, by outcome (recorded, refused, failed)."
     );
+    describe_counter!(
+        "billing_retention_removed_total",
+        "Rows retention removed past their window, by kind (idempotency_keys, reservations)."
+    );
     describe_gauge!(
         "billing_health_serving",
         "1 while a role (or \"\", the process) reports SERVING on gRPC health."

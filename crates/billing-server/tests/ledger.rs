@@ -323,6 +323,87 @@ async fn get_balance_is_strongly_consistent_and_as_of_reads_history() {
     assert_status(&err, Code::InvalidArgument, "INVALID_ARGUMENT");
 }
 
+#[tokio::test]
+async fn get_balance_as_of_shows_the_limits_postpaid_and_status_the_account_had_then() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    let account = app.account(500_000).await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let between = billing_api_time_now();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    client
+        .update_billing_account(pb::UpdateBillingAccountRequest {
+            id: account.id.clone(),
+            status: Some(pb::AccountStatus::Frozen.into()),
+            credit_limit: Some(2_000_000),
+            credit_limit_type: Some(pb::CreditLimitType::Soft.into()),
+            is_postpaid: Some(true),
+            low_balance_threshold: Some(100_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let at = |as_of| pb::GetBalanceRequest {
+        account_id: account.id.clone(),
+        currency: String::new(),
+        as_of,
+    };
+
+    // Before the change: the settings of then, and an available balance that
+    // agrees with them (prepaid: no limit counted).
+    let then = client
+        .get_balance(at(Some(between)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            then.credit_limit,
+            then.is_postpaid,
+            then.credit_limit_type(),
+            then.low_balance_threshold,
+            then.status()
+        ),
+        (
+            0,
+            false,
+            pb::CreditLimitType::Hard,
+            0,
+            pb::AccountStatus::Active
+        )
+    );
+    assert_eq!((then.balance, then.available_balance), (500_000, 500_000));
+
+    // Now, and as of now: the new ones (postpaid: the limit counts).
+    let now = client.get_balance(at(None)).await.unwrap().into_inner();
+    let as_of_now = client
+        .get_balance(at(Some(billing_api_time_now())))
+        .await
+        .unwrap()
+        .into_inner();
+    for b in [&now, &as_of_now] {
+        assert_eq!(
+            (
+                b.credit_limit,
+                b.is_postpaid,
+                b.credit_limit_type(),
+                b.low_balance_threshold,
+                b.status()
+            ),
+            (
+                2_000_000,
+                true,
+                pb::CreditLimitType::Soft,
+                100_000,
+                pb::AccountStatus::Frozen
+            )
+        );
+        assert_eq!(b.available_balance, 2_500_000);
+    }
+    assert_eq!(as_of_now.version, now.version);
+    assert_eq!(then.version + 1, now.version);
+}
+
 fn billing_api_time_now() -> prost_types::Timestamp {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

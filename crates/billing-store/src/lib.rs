@@ -15,8 +15,13 @@
 //!   views (`WatchAccount`): the view after each event, from the feed and
 //!   from one account's history.
 //! - [`Store::project_batch`] folds the feed into the read models
-//!   (`rm_accounts`, `ledger_entries`); `list_accounts`, `ledger` and
-//!   `balances_as_of` read them.
+//!   (`rm_accounts`, `ledger_entries`); `list_accounts` and `ledger` read
+//!   them.
+//! - [`Store::account_as_of`] (`as_of.rs`): an account as it stood at an
+//!   instant, by a binary search over its versions (logarithmic, no index of
+//!   its own).
+//! - [`Store::remove_expired`] (`retention.rs`): the sweeper's retention of
+//!   idempotency records and resolved reservations, in small batches.
 //! - [`chain`]: each event's hash links it to the account's previous one;
 //!   [`Store::verify_chains`] walks every chain and names the first broken
 //!   link, [`Store::record_chain_digest`] pins every head at an instant.
@@ -32,6 +37,7 @@
 
 #![forbid(unsafe_code)]
 
+mod as_of;
 mod batch;
 pub mod chain;
 mod command;
@@ -48,6 +54,7 @@ mod probe;
 mod projection;
 mod read;
 mod reservation;
+mod retention;
 mod routes;
 mod sql;
 mod verify;
@@ -74,6 +81,7 @@ pub use probe::DatabaseProbe;
 pub use projection::{
     BatchReport, Gap, Lag, LedgerEntry, LedgerQuery, READ_MODELS, RebuildProgress,
 };
+pub use retention::{RETENTION_BATCH, Removed};
 pub use verify::{ChainDigest, Verification};
 pub use wakeup::FeedWakeup;
 pub use watch::{VersionedView, ViewPage};

@@ -354,30 +354,6 @@ impl Store {
             .await?;
         Ok(rows.iter().map(ledger_entry).collect())
     }
-
-    /// The balances recorded on the account's last event at or before `at`
-    /// (the ledger's balance-after columns agree with them), with that
-    /// event's version and the promotional credit its account view shows
-    /// (0 on events from before promotional credit); `None` before the
-    /// account existed.
-    pub async fn balances_as_of(
-        &self,
-        account_id: Uuid,
-        at: DateTime<Utc>,
-    ) -> Result<Option<(i64, Balances, Micros)>, StoreError> {
-        let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
-                "SELECT version, balance_credit, balance_token, reserved_credit, reserved_token,
-                        available_credit, available_token,
-                        coalesce((account_after->>'balance_promotional')::bigint, 0)
-                 FROM events WHERE account_id = $1 AND occurred_at <= $2
-                 ORDER BY version DESC LIMIT 1",
-                &[&account_id, &at],
-            )
-            .await?;
-        Ok(row.map(|r| (r.get(0), balances(&r, 1), Micros(r.get(7)))))
-    }
 }
 
 fn cursor_from(row: &Row) -> Result<Cursor, StoreError> {

@@ -17,6 +17,16 @@ pub enum StoreError {
     /// The account moved on between load and append; the command is retried.
     #[error("the account changed concurrently")]
     Conflict,
+    /// A feed reader's checkpoint was not where its batch began (`billing
+    /// rebuild` moved it): the batch is read again from there.
+    #[error(
+        "checkpoint {name} moved from {expected:?} to {found:?} (a rebuild?); reading again from it"
+    )]
+    CheckpointMoved {
+        name: String,
+        expected: crate::Cursor,
+        found: crate::Cursor,
+    },
 }
 
 impl StoreError {

@@ -48,7 +48,6 @@ mod reservation;
 mod routes;
 mod sql;
 mod verify;
-mod wakeup;
 mod watch;
 mod writer;
 
@@ -61,14 +60,14 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 pub use command::Answer;
 pub use connect::{Connector, SslMode};
 pub use error::StoreError;
-pub use feed::{Cursor, Lease, MAX_CAUSES, StoredEvent, causes};
+pub use feed::{
+    Cursor, FeedBatch, FeedHandler, FeedRead, FeedWakeup, Follower, Lag, Lease, MAX_CAUSES, Pace,
+    Start, StoredEvent, causes,
+};
 pub use migrate::{MIGRATIONS, migrate};
 pub use probe::DatabaseProbe;
-pub use projection::{
-    BatchReport, Gap, Lag, LedgerEntry, LedgerQuery, READ_MODELS, RebuildProgress,
-};
+pub use projection::{BatchReport, Gap, LedgerEntry, LedgerQuery, READ_MODELS, RebuildProgress};
 pub use verify::{ChainDigest, Verification};
-pub use wakeup::FeedWakeup;
 pub use watch::{VersionedView, ViewPage};
 
 /// Who made a change: recorded on every event.

@@ -9,19 +9,23 @@
 //!   idempotency records, all in one transaction.
 //! - [`Store::account`] reads one account's current state, strongly
 //!   consistent.
-//! - [`Store::read_feed`] follows the global event feed with the
-//!   `(xid, position)` cursor, for the projector and publisher.
+//! - [`Follower`] follows the global event feed with the `(xid, position)`
+//!   cursor for a [`FeedHandler`] (the projector, the publisher, the watch
+//!   hub, the webhook dispatcher): one query, one loop, a checkpoint moved
+//!   after the handler succeeded, one active reader per checkpoint (a
+//!   [`Lease`]). [`Store::read_feed`] reads a page of it directly.
 //! - [`Store::read_views`] and [`Store::account_views`] feed live account
 //!   views (`WatchAccount`): the view after each event, from the feed and
 //!   from one account's history.
-//! - [`Store::project_batch`] folds the feed into the read models
-//!   (`rm_accounts`, `ledger_entries`); `list_accounts`, `ledger` and
-//!   `balances_as_of` read them.
+//! - [`Store::project`] folds a batch of the feed into the read models
+//!   (`rm_accounts`, `ledger_entries`) with a pure fold, and commits it with
+//!   its checkpoint; `list_accounts`, `ledger` and `balances_as_of` read
+//!   them.
 //! - [`chain`]: each event's hash links it to the account's previous one;
 //!   [`Store::verify_chains`] walks every chain and names the first broken
 //!   link, [`Store::record_chain_digest`] pins every head at an instant.
 //! - [`FeedWakeup`] wakes a feed reader when events are appended, and
-//!   keeps quiet while it is busy.
+//!   keeps quiet while it is busy (the follower's).
 //! - [`migrate`] applies the embedded migrations.
 //! - [`connect`]: every connection (pool, writers, `LISTEN`, probes, leases)
 //!   is made by one [`Connector`], which reads libpq's TLS parameters

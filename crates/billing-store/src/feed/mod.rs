@@ -289,7 +289,9 @@ impl Store {
         Ok(batch.events.into_iter().zip(batch.previous).collect())
     }
 
-    /// The feed's head (see [`head`]).
+    /// The feed's head: the last event of the transactions that have all
+    /// finished, or [`Cursor::START`]. A reader that starts here sees every
+    /// event committed later, and no event behind it can still appear.
     pub async fn feed_head(&self) -> Result<Cursor, StoreError> {
         let client = self.pool.get().await?;
         head(&**client).await

@@ -27,6 +27,10 @@ pub enum StoreError {
         expected: crate::Cursor,
         found: crate::Cursor,
     },
+    /// A feed reader's checkpoint row is locked (`billing rebuild` is
+    /// running): the batch is tried again after a back-off.
+    #[error("checkpoint {0} is locked (a rebuild is running); trying again")]
+    CheckpointBusy(String),
 }
 
 impl StoreError {

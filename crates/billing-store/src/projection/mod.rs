@@ -32,6 +32,12 @@ use crate::{Store, StoreError};
 /// exclude each other by it.
 const LOCK_CHECKPOINT: &str =
     "SELECT position, xid::text AS xid_text FROM feed_checkpoints WHERE name = $1 FOR UPDATE";
+/// [`LOCK_CHECKPOINT`] for a projection batch, which does not wait for a
+/// rebuild (a shutdown would wait with it): it fails at once, and the
+/// follower tries again after a back-off.
+const LOCK_CHECKPOINT_NOWAIT: &str = "SELECT position, xid::text AS xid_text FROM feed_checkpoints WHERE name = $1 FOR UPDATE NOWAIT";
+/// The SQLSTATE of a `NOWAIT` lock held by another transaction.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
 
 /// The checkpoint the read-model projector keeps.
 pub const READ_MODELS: &str = "read_models";
@@ -114,10 +120,13 @@ impl Store {
     /// the checkpoint commit together, and only while the lease holds.
     ///
     /// The transaction first locks the checkpoint row and checks that it is
-    /// where the batch began: `billing rebuild` holds that row while it runs,
-    /// so a batch waits for it and then fails ([`StoreError::CheckpointMoved`])
-    /// rather than writing over the rebuilt tables; the follower reads again
-    /// from the rebuild's checkpoint.
+    /// where the batch began: `billing rebuild` holds that row while it
+    /// runs, so a batch meanwhile fails at once
+    /// ([`StoreError::CheckpointBusy`], tried again after a back-off), and
+    /// the first one after it finds the checkpoint moved
+    /// ([`StoreError::CheckpointMoved`]) rather than writing over the
+    /// rebuilt tables; the follower reads again from the rebuild's
+    /// checkpoint.
     ///
     /// [`Follower`]: crate::Follower
     pub async fn project(&self, batch: &FeedBatch) -> Result<BatchReport, StoreError> {
@@ -135,7 +144,15 @@ impl Store {
         // granted (each statement takes its snapshot when it runs).
         let (checkpoint, state) = futures::try_join!(
             async {
-                let row = tx.query_one(LOCK_CHECKPOINT, &[&name]).await?;
+                let row = tx
+                    .query_one(LOCK_CHECKPOINT_NOWAIT, &[&name])
+                    .await
+                    .map_err(|error| match StoreError::from(error) {
+                        locked if locked.sqlstate() == Some(LOCK_NOT_AVAILABLE) => {
+                            StoreError::CheckpointBusy(name.to_owned())
+                        }
+                        other => other,
+                    })?;
                 Cursor::from_row(&row)
             },
             write::read_state(&tx, &batch.events),
@@ -190,8 +207,9 @@ impl Store {
 
     /// Deletes the read models and projects every event again, in one
     /// transaction: readers see the old tables until it commits. It holds
-    /// the checkpoint's row throughout: the live projector's batch waits for
-    /// it, then finds the checkpoint moved and carries on from there.
+    /// the checkpoint's row throughout: the live projector's batches fail
+    /// meanwhile and are tried again, until one finds the checkpoint moved
+    /// and carries on from there.
     pub async fn rebuild_read_models(&self, batch: i64) -> Result<BatchReport, StoreError> {
         self.rebuild_read_models_with(batch, |_| {}).await
     }

@@ -258,6 +258,7 @@ impl StoreError {
                 expected: *expected,
                 found: *found,
             },
+            Self::CheckpointBusy(name) => Self::CheckpointBusy(name.clone()),
             Self::Database(e) => Self::Corrupt(e.to_string()),
         }
     }

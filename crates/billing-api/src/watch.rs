@@ -1,8 +1,9 @@
 //! `WatchAccount`: live account views, fed from the event log.
 //!
-//! One follower per process reads the global feed (woken by PostgreSQL
-//! NOTIFY, polling as a fallback) and hands the view after each event of a
-//! watched account to that account's watchers, through one bounded
+//! One follower per process reads the global feed (the store's feed
+//! follower, from the head, woken by PostgreSQL NOTIFY, polling as a
+//! fallback) and hands the view after each event of a watched account to
+//! that account's watchers, through one bounded
 //! broadcast channel per account: no watcher polls, and an event is decoded
 //! once however many watch it. A watcher that falls behind (its channel
 //! overflowed) or finds a version missing catches up from the events table,
@@ -16,11 +17,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Once, Weak};
+use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use billing_proto::v1 as pb;
-use billing_store::{FeedWakeup, Store, VersionedView};
+use billing_store::{Cursor, FeedBatch, FeedHandler, FeedRead, Follower, Store, VersionedView};
 use futures::Stream;
 use tokio::sync::{broadcast, watch};
 use tonic::{Request, Response, Status};
@@ -36,23 +37,10 @@ use crate::validate;
 /// versions behind reads the rest from the events table instead: memory
 /// stays bounded whatever a slow client does.
 pub const CHANNEL_CAPACITY: usize = 64;
-/// Events the follower reads at a time.
-const FEED_PAGE: i64 = 2_000;
 /// Versions a lagging watcher reads from the table at a time.
 const CATCH_UP_PAGE: i64 = 256;
-/// How often the follower looks for events without a notification.
-const POLL: Duration = Duration::from_millis(250);
 /// How long a new watcher waits for the follower to find its place.
 const READY_WAIT: Duration = Duration::from_secs(5);
-/// How soon, and how many times, the follower looks again for a
-/// notification's events that did not show up at once. They wait on a
-/// transaction that began before them (the projector's batch, usually a
-/// few tens of milliseconds), and a delivery waits at most one interval
-/// past its end.
-const RECHECK_EVERY: Duration = Duration::from_millis(5);
-const RECHECKS: u32 = 40;
-/// How long the follower waits after a database error.
-const RETRY: Duration = Duration::from_millis(500);
 
 /// One account view as sent to watchers, shared by all of them.
 type Update = Arc<pb::BillingAccount>;
@@ -64,30 +52,39 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::BillingAccount, Stat
 #[derive(Debug)]
 pub struct Hub {
     store: Store,
+    /// What the follower shares with the watchers.
+    shared: Arc<Shared>,
+    /// Starts the follower on the first watcher, so a process nobody
+    /// watches reads nothing.
+    started: Once,
+    /// Dropped with the hub: the follower stops then.
+    stop: watch::Sender<bool>,
+}
+
+/// The channels, and whether the follower has its place in the feed.
+#[derive(Debug)]
+struct Shared {
     /// A channel per watched account; dropped with its last watcher.
     channels: Mutex<HashMap<Uuid, broadcast::Sender<Update>>>,
     /// True once the follower has its starting place in the feed.
     ready: watch::Sender<bool>,
-    /// Starts the follower on the first watcher, so a process nobody
-    /// watches reads nothing.
-    started: Once,
 }
 
 impl Hub {
     pub fn new(store: Store) -> Arc<Self> {
         Arc::new(Self {
             store,
-            channels: Mutex::default(),
-            ready: watch::channel(false).0,
+            shared: Arc::new(Shared {
+                channels: Mutex::default(),
+                ready: watch::channel(false).0,
+            }),
             started: Once::new(),
+            stop: watch::channel(false).0,
         })
     }
 
     fn channels(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, broadcast::Sender<Update>>> {
-        // Nothing panics while holding the lock with a map half-changed.
-        self.channels
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.shared.channels()
     }
 
     /// Accounts watched right now.
@@ -109,15 +106,28 @@ impl Hub {
             receiver: Some(receiver),
         };
         self.started.call_once(|| {
-            tokio::spawn(follow(Arc::downgrade(self)));
+            let follower = Follower::head(&self.store, "watch");
+            let feeder = Feeder {
+                shared: self.shared.clone(),
+            };
+            tokio::spawn(follower.run(feeder, self.stop.subscribe()));
         });
-        let mut ready = self.ready.subscribe();
+        let mut ready = self.shared.ready.subscribe();
         match tokio::time::timeout(READY_WAIT, ready.wait_for(|ready| *ready)).await {
             Ok(Ok(_)) => Ok(subscription),
             _ => Err(Status::unavailable(
                 "the billing database is unavailable; retry",
             )),
         }
+    }
+}
+
+impl Shared {
+    fn channels(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, broadcast::Sender<Update>>> {
+        // Nothing panics while holding the lock with a map half-changed.
+        self.channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn is_watched(&self, account_id: Uuid) -> bool {
@@ -130,6 +140,36 @@ impl Hub {
             // No receiver left is fine: the last watcher just went away.
             let _ = sender.send(Arc::new(convert::account(&update.view)));
         }
+    }
+}
+
+/// The follower's handler: a follower of the feed from its head (the feed
+/// module's [`Follower::head`], paced [`billing_store::Pace::LIVE`]: woken
+/// by NOTIFY, and looking again every few milliseconds for a
+/// notification's events that did not show up at once) that publishes
+/// every watched account's views, until the hub is gone.
+struct Feeder {
+    shared: Arc<Shared>,
+}
+
+impl FeedHandler for Feeder {
+    type Error = std::convert::Infallible;
+    const READ: FeedRead = FeedRead::Views;
+
+    fn wants(&self, account_id: Uuid) -> bool {
+        self.shared.is_watched(account_id)
+    }
+
+    async fn activate(&mut self, _at: Cursor) -> Result<(), Self::Error> {
+        self.shared.ready.send_replace(true);
+        Ok(())
+    }
+
+    async fn handle(&mut self, batch: &FeedBatch) -> Result<(), Self::Error> {
+        for update in &batch.views {
+            self.shared.publish(update);
+        }
+        Ok(())
     }
 }
 
@@ -153,77 +193,6 @@ impl Drop for Subscription {
         {
             channels.remove(&self.account_id);
         }
-    }
-}
-
-/// The follower: reads the feed from its head and publishes every watched
-/// account's views, until the hub is gone.
-async fn follow(hub: Weak<Hub>) {
-    let Some(store) = hub.upgrade().map(|h| h.store.clone()) else {
-        return;
-    };
-    let wakeup = FeedWakeup::start(&store, "watch");
-    let mut cursor = loop {
-        match store.feed_head().await {
-            Ok(cursor) => break cursor,
-            Err(error) => {
-                tracing::warn!(%error, "watch: cannot find the feed's head; retrying");
-                if hub.strong_count() == 0 {
-                    return;
-                }
-                tokio::time::sleep(RETRY).await;
-            }
-        }
-    };
-    let Some(h) = hub.upgrade() else {
-        return;
-    };
-    h.ready.send_replace(true);
-    drop(h);
-    // Counts down while a notification's events have not shown up yet: a
-    // transaction that began earlier (the projector's, say) still holds the
-    // snapshot's xmin below them. Looking again soon, rather than at the
-    // next poll, keeps the delay to delivery short.
-    let mut rechecks_left = 0;
-    let mut woken = false;
-    loop {
-        let Some(h) = hub.upgrade() else {
-            break;
-        };
-        let (events, full) = match store
-            .read_views(cursor, FEED_PAGE, |id| h.is_watched(id))
-            .await
-        {
-            Ok(page) => {
-                for update in &page.views {
-                    h.publish(update);
-                }
-                cursor = page.last.unwrap_or(cursor);
-                (page.events, page.events as i64 == FEED_PAGE)
-            }
-            Err(error) => {
-                tracing::warn!(%error, "watch: reading the feed failed; retrying");
-                drop(h);
-                tokio::time::sleep(RETRY).await;
-                continue;
-            }
-        };
-        drop(h);
-        if full {
-            continue;
-        }
-        rechecks_left = match (events, woken) {
-            // Woken, and nothing new yet: look again soon, a few times.
-            (0, true) if rechecks_left > 0 => rechecks_left - 1,
-            (0, true) => RECHECKS,
-            _ => 0,
-        };
-        let wait = if rechecks_left > 0 {
-            RECHECK_EVERY
-        } else {
-            POLL
-        };
-        woken = wakeup.wait(wait).await || rechecks_left > 0;
     }
 }
 

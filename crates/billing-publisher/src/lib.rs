@@ -9,8 +9,10 @@
 //! - [`probe`]: whether the brokers answer (the role's health).
 //! - [`connection`]: the brokers and the security settings (TLS, SASL)
 //!   every client of ours shares.
-//! - [`run`]: the role. One publisher per checkpoint is active at a time (a
-//!   lease); stand-bys take over when it dies.
+//! - [`run`]: the role, a handler of the store's feed follower. One
+//!   publisher per checkpoint is active at a time (a lease); stand-bys take
+//!   over when it dies.
+//! - [`digests`]: the chain-head digests, sent by the active publisher.
 
 #![forbid(unsafe_code)]
 
@@ -22,7 +24,7 @@ pub mod tail;
 
 use std::time::Duration;
 
-use billing_store::{FeedWakeup, Lease, Store, StoredEvent};
+use billing_store::{Cursor, FeedBatch, FeedHandler, FeedRead, Follower, Pace, Store};
 pub use connection::KafkaConnection;
 use futures::future::try_join_all;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -77,17 +79,6 @@ impl PublisherConfig {
 const RECONNECT_BACKOFF_MS: &str = "100";
 const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
 
-/// How long to wait before trying again after a failure.
-const BACKOFF: Duration = Duration::from_millis(500);
-/// How long to wait after a notification, and at least between the starts of
-/// two reads while events keep coming, so a burst shares one batch. Each
-/// batch costs a feed read and a transaction whatever its size: at 5 ms the
-/// read side woke for every second or third command batch and spent more CPU
-/// per change than it does at 25, which adds at most 25 ms of lag.
-const COALESCE: Duration = Duration::from_millis(25);
-/// How often to look for events without a notification.
-const POLL: Duration = Duration::from_millis(500);
-
 /// Creates the topics when missing.
 pub async fn ensure_topics(config: &PublisherConfig) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = config
@@ -137,162 +128,113 @@ fn producer(config: &PublisherConfig) -> Result<FutureProducer, KafkaError> {
         .map_err(connection::redacted)
 }
 
-/// Runs the publisher until `shutdown` turns true.
-pub async fn run(store: Store, config: PublisherConfig, mut shutdown: watch::Receiver<bool>) {
-    let wakeup = FeedWakeup::start(&store, "publisher");
-    while !*shutdown.borrow() {
-        let lease = match store.acquire_lease(CHECKPOINT).await {
-            Ok(Some(lease)) => lease,
-            Ok(None) => {
-                // Another publisher is active: stand by.
-                if wait(&mut shutdown, Duration::from_secs(1)).await {
-                    break;
-                }
-                continue;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "publisher: cannot take the lease");
-                if wait(&mut shutdown, BACKOFF).await {
-                    break;
-                }
-                continue;
-            }
-        };
-        // Only the active publisher talks to the broker's admin API. A
-        // broker that cannot be reached (or refuses our credentials) keeps
-        // the request waiting: a shutdown must not wait with it, holding the
-        // lease a stand-by could take.
-        let ensured = tokio::select! {
-            ensured = ensure_topics(&config) => ensured,
-            _ = shutdown.changed() => break,
-        };
-        if let Err(error) = ensured {
-            tracing::warn!(%error, "publisher: topics not ready; retrying");
-            drop(lease);
-            if wait(&mut shutdown, BACKOFF * 4).await {
-                break;
-            }
-            continue;
-        }
+/// Runs the publisher until `shutdown` turns true: a handler of the store's
+/// feed follower from checkpoint [`CHECKPOINT`], active while it holds the
+/// checkpoint's lease (others stand by), and while active the one that
+/// sends the chain digests ([`digests`]).
+pub async fn run(store: Store, config: PublisherConfig, shutdown: watch::Receiver<bool>) {
+    let pace = Pace {
+        batch: config.batch,
+        ..Pace::ORDERED
+    };
+    let publisher = Publisher {
+        store: store.clone(),
+        config,
+        producer: None,
+        retrying: false,
+        digests: digests::Digests::new(),
+    };
+    Follower::checkpoint(&store, "publisher", CHECKPOINT)
+        .with_pace(pace)
+        .run(publisher, shutdown)
+        .await;
+}
+
+/// The publisher's handler of the feed.
+struct Publisher {
+    store: Store,
+    config: PublisherConfig,
+    /// Made when first needed, and again after a failure.
+    producer: Option<FutureProducer>,
+    /// Whether the next batch is published again after a failed delivery.
+    retrying: bool,
+    digests: digests::Digests,
+}
+
+impl FeedHandler for Publisher {
+    type Error = KafkaError;
+    /// Alerts compare each event's available credit with its predecessor's.
+    const READ: FeedRead = FeedRead::EventsWithPrevious;
+    const TICK: Option<Duration> = Some(digests::CHECK_EVERY);
+
+    /// Only the active publisher talks to the broker's admin API.
+    async fn activate(&mut self, _at: Cursor) -> Result<(), KafkaError> {
+        ensure_topics(&self.config).await?;
         tracing::info!("publisher: active");
         metrics::gauge!("billing_publisher_active").set(1.0);
-        publish_while_leased(&store, &config, &lease, &wakeup, &mut shutdown).await;
-        // A publisher standing by reads nothing: it need not be woken.
-        wakeup.quiet();
-        metrics::gauge!("billing_publisher_active").set(0.0);
-        tracing::info!("publisher: lease ended");
+        Ok(())
     }
-    tracing::info!("publisher stopped");
-}
 
-/// Sleeps `duration` or until shutdown; true when shutting down.
-async fn wait(shutdown: &mut watch::Receiver<bool>, duration: Duration) -> bool {
-    tokio::select! {
-        _ = shutdown.changed() => true,
-        () = tokio::time::sleep(duration) => *shutdown.borrow(),
-    }
-}
-
-async fn publish_while_leased(
-    store: &Store,
-    config: &PublisherConfig,
-    lease: &Lease,
-    wakeup: &FeedWakeup,
-    shutdown: &mut watch::Receiver<bool>,
-) {
-    let mut producer: Option<FutureProducer> = None;
-    // Whether the next batch is published again after a failed delivery.
-    let mut retrying = false;
-    while lease.is_held() && !*shutdown.borrow() {
-        let started = tokio::time::Instant::now();
-        let cursor = match lease.cursor().await {
-            Ok(cursor) => cursor,
-            Err(error) => {
-                tracing::warn!(%error, "publisher: lost the checkpoint");
-                return;
-            }
+    async fn handle(&mut self, batch: &FeedBatch) -> Result<(), KafkaError> {
+        let producer = match self.producer.take() {
+            Some(producer) => producer,
+            None => self::producer(&self.config)?,
         };
-        let batch = match store.read_feed_with_previous(cursor, config.batch).await {
-            Ok(batch) => batch,
-            Err(error) => {
-                tracing::warn!(%error, "publisher: cannot read the feed");
-                wait(shutdown, BACKOFF).await;
-                continue;
-            }
-        };
-        let Some(last) = batch.last().map(|(e, _)| e.cursor) else {
-            tokio::select! {
-                _ = shutdown.changed() => {}
-                _ = wakeup.wait(POLL) => {
-                    // Let a burst of commits land, so they share one batch.
-                    tokio::time::sleep(COALESCE).await;
-                }
-            }
-            continue;
-        };
-        let active = match producer.take() {
-            Some(p) => p,
-            None => match self::producer(config) {
-                Ok(p) => p,
-                Err(error) => {
-                    tracing::warn!(%error, "publisher: cannot create a producer");
-                    wait(shutdown, BACKOFF).await;
-                    continue;
-                }
-            },
-        };
-        if retrying {
+        if self.retrying {
             metrics::counter!("billing_publisher_retries_total").increment(1);
         }
-        match publish(&active, config, &batch)
-            .instrument(produce_span(&batch))
+        match publish(&producer, &self.config, batch)
+            .instrument(produce_span(batch))
             .await
         {
             Ok(messages) => {
-                // Every message up to `last` is acknowledged: only now move.
-                if let Err(error) = lease.advance(last).await {
-                    tracing::warn!(%error, "publisher: cannot store the cursor");
-                    return;
-                }
-                tracing::debug!(events = batch.len(), messages, ?last, "published");
-                metrics::counter!("billing_publisher_events_total").increment(batch.len() as u64);
+                // Every message of the batch is acknowledged: the follower
+                // moves the checkpoint past it now.
+                tracing::debug!(events = batch.len, messages, last = ?batch.last, "published");
+                metrics::counter!("billing_publisher_events_total").increment(batch.len as u64);
                 metrics::counter!("billing_publisher_messages_total").increment(messages as u64);
-                retrying = false;
-                producer = Some(active);
-                if (batch.len() as i64) < config.batch {
-                    // More are likely on their way: look again once the
-                    // wait since this batch began has passed (at once if
-                    // publishing took longer), without being woken for
-                    // each commit meanwhile.
-                    wakeup.quiet();
-                    let rest = COALESCE.saturating_sub(started.elapsed());
-                    wait(shutdown, rest).await;
-                }
+                self.retrying = false;
+                self.producer = Some(producer);
+                Ok(())
             }
             Err(error) => {
-                // Recreate the producer and republish from the cursor:
-                // duplicates, never gaps.
-                tracing::warn!(%error, ?cursor, "publisher: delivery failed; republishing from the cursor");
+                // The producer is made again, and the follower republishes
+                // from the checkpoint: duplicates, never gaps.
                 metrics::counter!("billing_publisher_delivery_errors_total").increment(1);
-                retrying = true;
-                drop(active);
-                wait(shutdown, BACKOFF).await;
+                self.retrying = true;
+                Err(error)
             }
         }
+    }
+
+    fn deactivate(&mut self) {
+        metrics::gauge!("billing_publisher_active").set(0.0);
+        tracing::info!("publisher: lease ended");
+    }
+
+    async fn tick(&mut self) {
+        let Self {
+            store,
+            config,
+            producer,
+            digests,
+            ..
+        } = self;
+        digests.publish_new(store, config, producer).await;
     }
 }
 
 /// The span of producing one batch, linked to the spans of the requests that
 /// caused its events (when they were traced).
-fn produce_span(batch: &[(StoredEvent, Option<i64>)]) -> tracing::Span {
+fn produce_span(batch: &FeedBatch) -> tracing::Span {
     let span = tracing::info_span!(
         "publisher.produce",
         otel.kind = "producer",
         messaging.system = "kafka",
-        events = batch.len(),
+        events = batch.len,
     );
     if !span.is_disabled() {
-        for cause in billing_store::causes(batch.iter().map(|(event, _)| event)) {
+        for cause in billing_store::causes(&batch.events) {
             span.add_link(cause);
         }
     }
@@ -304,12 +246,12 @@ fn produce_span(batch: &[(StoredEvent, Option<i64>)]) -> tracing::Span {
 async fn publish(
     producer: &FutureProducer,
     config: &PublisherConfig,
-    batch: &[(StoredEvent, Option<i64>)],
+    batch: &FeedBatch,
 ) -> Result<usize, KafkaError> {
-    let mut deliveries = Vec::with_capacity(batch.len());
-    for (event, available_before) in batch {
+    let mut deliveries = Vec::with_capacity(batch.len);
+    for (event, available_before) in batch.with_previous() {
         let mut messages = vec![(&config.topic, message::account_updated(event))];
-        for alert in message::alerts(event, *available_before) {
+        for alert in message::alerts(event, available_before) {
             messages.push((&config.alerts_topic, message::alert(event, alert)));
         }
         for (topic, m) in messages {

@@ -208,11 +208,6 @@ impl Application {
                 topic = %publisher.topic,
                 "started the publisher: sends every balance change to Kafka"
             );
-            tasks.spawn(billing_publisher::digests::run(
-                self.store.clone(),
-                publisher.clone(),
-                stop_rx.clone(),
-            ));
             tasks.spawn(billing_publisher::run(
                 self.store.clone(),
                 publisher,

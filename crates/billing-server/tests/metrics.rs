@@ -245,8 +245,8 @@ async fn the_lag_gauges_rise_while_the_readers_are_held_back_and_fall_when_they_
     let metrics = free_addr();
     let db = billing_testkit::TestDb::new().await;
     // Hold both readers back from the start: the projector's checkpoint row
-    // locked (it skips a locked one), the publisher's lease taken (it stands
-    // by).
+    // locked (its batches fail and are tried again, as during a rebuild), the publisher's
+    // lease taken (it stands by).
     let holder = db.client().await;
     holder
         .batch_execute(

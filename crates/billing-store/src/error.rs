@@ -17,6 +17,20 @@ pub enum StoreError {
     /// The account moved on between load and append; the command is retried.
     #[error("the account changed concurrently")]
     Conflict,
+    /// A feed reader's checkpoint was not where its batch began (`billing
+    /// rebuild` moved it): the batch is read again from there.
+    #[error(
+        "checkpoint {name} moved from {expected:?} to {found:?} (a rebuild?); reading again from it"
+    )]
+    CheckpointMoved {
+        name: String,
+        expected: crate::Cursor,
+        found: crate::Cursor,
+    },
+    /// A feed reader's checkpoint row is locked (`billing rebuild` is
+    /// running): the batch is tried again after a back-off.
+    #[error("checkpoint {0} is locked (a rebuild is running); trying again")]
+    CheckpointBusy(String),
 }
 
 impl StoreError {

@@ -9,14 +9,17 @@
 //!   idempotency records, all in one transaction.
 //! - [`Store::account`] reads one account's current state, strongly
 //!   consistent.
-//! - [`Store::read_feed`] follows the global event feed with the
-//!   `(xid, position)` cursor, for the projector and publisher.
+//! - [`Follower`] follows the global event feed with the `(xid, position)`
+//!   cursor for a [`FeedHandler`] (the projector, the publisher, the watch
+//!   hub, the webhook dispatcher): one query, one loop, a checkpoint moved
+//!   after the handler succeeded, one active reader per checkpoint (a
+//!   [`Lease`]). [`Store::read_feed`] reads a page of it directly.
 //! - [`Store::read_views`] and [`Store::account_views`] feed live account
 //!   views (`WatchAccount`): the view after each event, from the feed and
 //!   from one account's history.
-//! - [`Store::project_batch`] folds the feed into the read models
-//!   (`rm_accounts`, `ledger_entries`); `list_accounts` and `ledger` read
-//!   them.
+//! - [`Store::project`] folds a batch of the feed into the read models
+//!   (`rm_accounts`, `ledger_entries`) with a pure fold, and commits it with
+//!   its checkpoint; `list_accounts` and `ledger` read them.
 //! - [`Store::account_as_of`] (`as_of.rs`): an account as it stood at an
 //!   instant, by a binary search over its versions (logarithmic, no index of
 //!   its own).
@@ -26,9 +29,10 @@
 //!   [`Store::verify_chains`] walks every chain and names the first broken
 //!   link, [`Store::record_chain_digest`] pins every head at an instant.
 //! - [`FeedWakeup`] wakes a feed reader when events are appended, and
-//!   keeps quiet while it is busy.
+//!   keeps quiet while it is busy (the follower's).
 //! - [`Store::create_webhook`] and its neighbours (`webhooks.rs`): customer
-//!   webhooks and their deliveries, as plain rows (no events).
+//!   webhooks and their deliveries, as plain rows (no events); the
+//!   dispatcher's queue in `deliveries.rs`.
 //! - [`migrate`] applies the embedded migrations.
 //! - [`connect`]: every connection (pool, writers, `LISTEN`, probes, leases)
 //!   is made by one [`Connector`], which reads libpq's TLS parameters
@@ -58,7 +62,6 @@ mod retention;
 mod routes;
 mod sql;
 mod verify;
-mod wakeup;
 mod watch;
 mod webhooks;
 mod writer;
@@ -75,15 +78,15 @@ pub use deliveries::{
     AttemptOutcome, AttemptRecord, Backlog, ClaimedDelivery, NewDelivery, WebhookTarget,
 };
 pub use error::StoreError;
-pub use feed::{Cursor, Lease, MAX_CAUSES, StoredEvent, causes};
+pub use feed::{
+    Cursor, FeedBatch, FeedHandler, FeedRead, FeedWakeup, Follower, Lag, Lease, MAX_CAUSES, Pace,
+    Start, StoredEvent, causes,
+};
 pub use migrate::{MIGRATIONS, migrate};
 pub use probe::DatabaseProbe;
-pub use projection::{
-    BatchReport, Gap, Lag, LedgerEntry, LedgerQuery, READ_MODELS, RebuildProgress,
-};
+pub use projection::{BatchReport, Gap, LedgerEntry, LedgerQuery, READ_MODELS, RebuildProgress};
 pub use retention::{RETENTION_BATCH, Removed};
 pub use verify::{ChainDigest, Verification};
-pub use wakeup::FeedWakeup;
 pub use watch::{VersionedView, ViewPage};
 pub use webhooks::{
     DeliveryStatus, MAX_REPLAY, MAX_WEBHOOKS_PER_CUSTOMER, NewWebhook, Replay, SECRET_PREFIX,

@@ -1,13 +1,14 @@
-//! The reads behind live account views (`WatchAccount`): the feed's head, a
-//! light page of the feed carrying the account view after each event (read
-//! only for the accounts someone watches), and one account's views after a
-//! version, to catch a watcher up from the log.
+//! The reads behind live account views (`WatchAccount`): a light page of the
+//! feed carrying the account view after each event (read only for the
+//! accounts someone watches; the feed module's one query, see
+//! [`FeedRead::Views`]), and one account's views after a version, to catch a
+//! watcher up from the log.
 
 use billing_domain::{Account, AccountView, Event};
 use tokio_postgres::types::Json;
 use uuid::Uuid;
 
-use crate::feed::Cursor;
+use crate::feed::{Cursor, FeedRead};
 use crate::{Store, StoreError};
 
 /// An account's view after one of its events.
@@ -30,91 +31,26 @@ pub struct ViewPage {
 }
 
 impl Store {
-    /// The feed's head: the last event of the transactions that have all
-    /// finished (below the snapshot's xmin). A reader that starts here and
-    /// reads with [`Store::read_views`] sees every event committed later,
-    /// and no event behind it can still appear.
-    pub async fn feed_head(&self) -> Result<Cursor, StoreError> {
-        let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
-                // The text goes out as `xid_text`: under the name `xid` it
-                // would be what `ORDER BY xid` sorts by ("999" after "1000"),
-                // and the head could be an event behind the last.
-                "SELECT xid::text AS xid_text, position FROM events
-                 WHERE xid < pg_snapshot_xmin(pg_current_snapshot())
-                 ORDER BY xid DESC, position DESC
-                 LIMIT 1",
-                &[],
-            )
-            .await?;
-        let Some(row) = row else {
-            return Ok(Cursor::START);
-        };
-        let xid: &str = row.get(0);
-        Ok(Cursor {
-            xid: xid
-                .parse()
-                .map_err(|_| StoreError::Corrupt(format!("xid `{xid}`")))?,
-            position: row.get(1),
-        })
-    }
-
     /// Up to `limit` events after `after`, in feed order and by the feed's
-    /// rule (only finished transactions, so nothing is skipped), keeping the
-    /// view after each event only for accounts `wanted` names: the views of
-    /// the others are never decoded. An event without a stored view (written
-    /// before migration 0003) gets one folded from its account's events.
+    /// rule (the one feed query: only finished transactions, so nothing is
+    /// skipped), keeping the view after each event only for accounts
+    /// `wanted` names: the views of the others are never decoded. An event
+    /// without a stored view (written before migration 0003) gets one folded
+    /// from its account's events.
     pub async fn read_views(
         &self,
         after: Cursor,
         limit: i64,
         wanted: impl Fn(Uuid) -> bool,
     ) -> Result<ViewPage, StoreError> {
-        let rows = {
-            let client = self.pool.get().await?;
-            client
-                .query(
-                    // `xid_text`, not `xid`: see `feed_head` (and the
-                    // feed's `COLUMNS`). Sorting by the text, a full page
-                    // spanning a power of ten skipped events.
-                    "SELECT position, xid::text AS xid_text, account_id, version, account_after FROM events
-                     WHERE (xid, position) > ($1::text::xid8, $2)
-                       AND xid < pg_snapshot_xmin(pg_current_snapshot())
-                     ORDER BY xid, position
-                     LIMIT $3",
-                    &[&after.xid.to_string(), &after.position, &limit],
-                )
-                .await?
-        };
-        let mut page = ViewPage {
-            events: rows.len(),
-            ..ViewPage::default()
-        };
-        for row in &rows {
-            let xid: &str = row.get(1);
-            page.last = Some(Cursor {
-                xid: xid
-                    .parse()
-                    .map_err(|_| StoreError::Corrupt(format!("xid `{xid}`")))?,
-                position: row.get(0),
-            });
-            let account_id: Uuid = row.get(2);
-            if !wanted(account_id) {
-                continue;
-            }
-            let version: i64 = row.get(3);
-            let view = match row.try_get::<_, Option<Json<AccountView>>>(4)? {
-                Some(Json(view)) => view,
-                None => self.folded_view(account_id, version).await?,
-            };
-            page.views.push(VersionedView {
-                account_id,
-                version,
-                view,
-            });
-        }
-        Ok(page)
+        let batch = self
+            .read_batch(after, limit, FeedRead::Views, wanted)
+            .await?;
+        Ok(ViewPage {
+            last: (batch.len > 0).then_some(batch.last),
+            events: batch.len,
+            views: batch.views,
+        })
     }
 
     /// Account `account_id`'s views after each of its events past
@@ -155,7 +91,11 @@ impl Store {
 
     /// The view after `version` of an account, folded from its events (for
     /// events that do not carry one).
-    async fn folded_view(&self, account_id: Uuid, version: i64) -> Result<AccountView, StoreError> {
+    pub(crate) async fn folded_view(
+        &self,
+        account_id: Uuid,
+        version: i64,
+    ) -> Result<AccountView, StoreError> {
         let events = self.account_events(account_id).await?;
         let upto: Vec<(&Event, chrono::DateTime<chrono::Utc>)> = events
             .iter()

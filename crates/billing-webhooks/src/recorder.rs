@@ -1,10 +1,10 @@
 //! From the event feed to durable deliveries: for each change, one delivery
 //! per matching webhook of the account's customer (`account_updated`, and
 //! the alerts the change raises: `balance_low`, `balance_recovered`,
-//! `credit_limit_exceeded`, by the publisher's own rule). The feed's
-//! handler; the deliveries and the checkpoint move together only in the
-//! sense that matters: a batch read again after a crash makes no delivery
-//! twice (each is unique per webhook, change and type).
+//! `credit_limit_exceeded`, by the publisher's own rule), for the feed's
+//! handler (`feed.rs`). The checkpoint moves after the deliveries are
+//! stored, and a batch read again after a crash makes no delivery twice
+//! (each is unique per webhook, change and type).
 
 use std::collections::{HashMap, HashSet};
 
@@ -16,7 +16,7 @@ use uuid::Uuid;
 /// and account in version order). Each event comes with the available
 /// credit before it (`None` for an account's first), for alerts.
 pub fn deliveries(
-    events: &[(StoredEvent, Option<i64>)],
+    events: &[(&StoredEvent, Option<i64>)],
     webhooks: &[WebhookTarget],
     mut new_id: impl FnMut() -> Uuid,
 ) -> Vec<NewDelivery> {
@@ -66,7 +66,7 @@ pub fn deliveries(
 /// Makes the deliveries of a batch of changes. Returns how many were new.
 pub async fn record(
     store: &Store,
-    events: &[(StoredEvent, Option<i64>)],
+    events: &[(&StoredEvent, Option<i64>)],
 ) -> Result<u64, StoreError> {
     let customers: Vec<Uuid> = events
         .iter()

@@ -249,6 +249,16 @@ impl StoreError {
             Self::Config(s) => Self::Config(s.clone()),
             Self::Contention(n) => Self::Contention(*n),
             Self::Conflict => Self::Conflict,
+            Self::CheckpointMoved {
+                name,
+                expected,
+                found,
+            } => Self::CheckpointMoved {
+                name: name.clone(),
+                expected: *expected,
+                found: *found,
+            },
+            Self::CheckpointBusy(name) => Self::CheckpointBusy(name.clone()),
             Self::Database(e) => Self::Corrupt(e.to_string()),
         }
     }

@@ -344,6 +344,140 @@ async fn a_slow_endpoint_never_holds_up_another() {
     );
 }
 
+#[tokio::test]
+async fn after_the_last_attempt_a_delivery_fails_and_can_be_sent_again() {
+    let app = TestApp::spawn_with(TestDb::new().await, |config| {
+        dispatcher(config);
+        config.webhooks.webhook_retry_schedule = "0s,100ms".parse().unwrap();
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    // Two 500s, each with a long body: only its start is kept.
+    let long = "x".repeat(10_000);
+    receiver.script([
+        Reply::status(500).body(long.clone()),
+        Reply::status(500).body(long),
+    ]);
+    let customer = Uuid::new_v4();
+    let (webhook, _) = register(&app, customer, &receiver.url("/hook"), &["account_updated"]).await;
+    account_of(&app, customer, 0).await;
+    wait_until(|| async {
+        deliveries(&app.db, webhook)
+            .await
+            .first()
+            .is_some_and(|(status, attempts, _)| status == "failed" && *attempts == 2)
+    })
+    .await;
+    let first = deliveries(&app.db, webhook).await.remove(0);
+    assert!(first.2.starts_with("HTTP 500: xxx"), "{:?}", first.2);
+    assert!(first.2.len() <= 256, "kept {} bytes", first.2.len());
+    // The failed one is listed, and sent again on request.
+    let failed = app
+        .client
+        .clone()
+        .list_webhook_deliveries(pb::ListWebhookDeliveriesRequest {
+            webhook_id: webhook.to_string(),
+            status: pb::WebhookDeliveryStatus::Failed.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .deliveries;
+    assert_eq!(failed.len(), 1);
+    app.client
+        .clone()
+        .retry_webhook_delivery(pb::RetryWebhookDeliveryRequest {
+            delivery_id: failed[0].id.clone(),
+        })
+        .await
+        .unwrap();
+    // Version 2 went once version 1 had failed for good; then version 1
+    // again, with its message id.
+    let first_id = receiver.received()[0].webhook_id.clone();
+    receiver
+        .wait_for(PATIENCE, |r| {
+            r.iter().filter(|x| x.webhook_id == first_id).count() == 3
+        })
+        .await;
+    wait_until(|| async {
+        deliveries(&app.db, webhook)
+            .await
+            .first()
+            .is_some_and(|(status, _, _)| status == "delivered")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_webhook_failing_for_the_whole_window_is_disabled_with_its_reason() {
+    let app = TestApp::spawn_with(TestDb::new().await, |config| {
+        dispatcher(config);
+        config.webhooks.webhook_retry_schedule =
+            "0s,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms"
+                .parse()
+                .unwrap();
+        config.webhooks.webhook_disable_after_s = 1;
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.otherwise(Reply::status(500));
+    let customer = Uuid::new_v4();
+    let (webhook, _) = register(&app, customer, &receiver.url("/hook"), &["account_updated"]).await;
+    account_of(&app, customer, 0).await;
+    wait_until(|| async {
+        let got = app
+            .client
+            .clone()
+            .get_webhook(pb::GetWebhookRequest {
+                id: webhook.to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        got.status == i32::from(pb::WebhookStatus::Disabled)
+            && got.disabled_reason.contains("every attempt failed")
+    })
+    .await;
+    let attempts = receiver.received().len();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        receiver.received().len(),
+        attempts,
+        "nothing more is sent to it"
+    );
+    assert!(
+        deliveries(&app.db, webhook)
+            .await
+            .iter()
+            .all(|(status, _, _)| status == "failed"),
+        "its pending deliveries fail with it"
+    );
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let app = TestApp::spawn_with(TestDb::new().await, |config| {
+        dispatcher(config);
+        config.webhooks.webhook_retry_schedule = "0s".parse().unwrap();
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    let elsewhere = Receiver::start().await;
+    receiver.otherwise(Reply::status(307).header("location", &elsewhere.url("/stolen")));
+    let customer = Uuid::new_v4();
+    let (webhook, _) = register(&app, customer, &receiver.url("/hook"), &["account_updated"]).await;
+    account_of(&app, customer, 0).await;
+    wait_until(|| async {
+        deliveries(&app.db, webhook)
+            .await
+            .first()
+            .is_some_and(|(status, _, error)| status == "failed" && error.starts_with("HTTP 307"))
+    })
+    .await;
+    assert!(elsewhere.received().is_empty(), "the redirect was followed");
+}
+
 /// A child process, killed when dropped.
 struct Running(Child);
 

@@ -62,6 +62,8 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub delay: Duration,
+    /// The body (a short JSON acknowledgement unless set).
+    pub body: Option<Vec<u8>>,
 }
 
 impl Reply {
@@ -70,7 +72,13 @@ impl Reply {
             status,
             headers: Vec::new(),
             delay: Duration::ZERO,
+            body: None,
         }
+    }
+
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = Some(body.into());
+        self
     }
 
     pub fn header(mut self, name: &'static str, value: &str) -> Self {
@@ -237,7 +245,9 @@ async fn answer(
     for (name, value) in &reply.headers {
         response = response.header(*name, value);
     }
-    Ok(response
-        .body(Full::new(Bytes::from_static(b"{\"status\":\"received\"}")))
-        .unwrap())
+    let body = reply.body.map_or_else(
+        || Bytes::from_static(b"{\"status\":\"received\"}"),
+        Bytes::from,
+    );
+    Ok(response.body(Full::new(body)).unwrap())
 }

@@ -1496,3 +1496,67 @@ async fn a_replay_queues_each_change_since_once_again_in_its_first_order() {
         .unwrap_err();
     assert_status(&err, Code::NotFound, "WEBHOOK_NOT_FOUND");
 }
+
+/// Regression: two replays of one webhook at once both read the same next
+/// replay number and the second insert hit the unique constraint, which
+/// answered INTERNAL. Replays of one webhook now take turns: every one
+/// succeeds and numbers its copies after the previous one's.
+#[tokio::test]
+async fn replays_of_one_webhook_at_once_each_succeed_with_their_own_replay_number() {
+    let app = TestApp::spawn().await;
+    let mut admin = app.client.clone();
+    let customer = Uuid::new_v4();
+    let account = account_of(&app, customer).await;
+    let webhook = admin
+        .create_webhook(create(customer, "https://hooks.example.com/"))
+        .await
+        .unwrap()
+        .into_inner();
+    for version in 1..=3 {
+        insert_delivery(
+            &app,
+            &webhook.id,
+            (&account, version, "account_updated"),
+            "delivered",
+            60.0,
+        )
+        .await;
+    }
+    let replays = (0..6).map(|_| {
+        let mut client = app.client.clone();
+        let webhook_id = webhook.id.clone();
+        async move {
+            client
+                .replay_webhook(pb::ReplayWebhookRequest {
+                    webhook_id,
+                    since: Some(timestamp_ago(3_600)),
+                })
+                .await
+        }
+    });
+    for reply in futures::future::join_all(replays).await {
+        let reply = reply.expect("every replay succeeds").into_inner();
+        assert_eq!(reply.replayed, 3);
+    }
+    // Each change has its first delivery and six copies, numbered 1 to 6.
+    let numbers: Vec<(i64, Vec<i32>)> = app
+        .db
+        .client()
+        .await
+        .query(
+            "SELECT account_version, array_agg(replay ORDER BY replay) FROM webhook_deliveries
+             WHERE webhook_id = $1 GROUP BY account_version ORDER BY account_version",
+            &[&webhook.id.parse::<Uuid>().unwrap()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let all: Vec<i32> = (0..=6).collect();
+    assert_eq!(
+        numbers,
+        vec![(1, all.clone()), (2, all.clone()), (3, all)],
+        "one copy per replay, each numbered after the last"
+    );
+}

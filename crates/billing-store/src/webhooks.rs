@@ -615,18 +615,23 @@ impl Store {
     /// were first queued (so after everything already queued, in order per
     /// account). At most `cap`; the rest is left for a call from
     /// [`Replay::next_since`].
+    ///
+    /// Replays of one webhook take turns: each locks the webhook's row
+    /// (`FOR NO KEY UPDATE`, which the deliveries' foreign key checks do
+    /// not wait for) before reading the replay numbers, so two at once
+    /// number their copies one after the other instead of both taking the
+    /// same next number (a unique violation, which was INTERNAL).
     pub async fn replay_webhook(
         &self,
         webhook_id: Uuid,
         since: DateTime<Utc>,
         cap: i64,
     ) -> Result<Replay, WebhookError> {
-        let now = self.now();
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let enabled: bool = tx
             .query_opt(
-                "SELECT enabled FROM webhooks WHERE id = $1 FOR SHARE",
+                "SELECT enabled FROM webhooks WHERE id = $1 FOR NO KEY UPDATE",
                 &[&webhook_id],
             )
             .await?
@@ -635,6 +640,8 @@ impl Store {
         if !enabled {
             return Err(WebhookRefusal::WebhookDisabled.into());
         }
+        // After the turn: copies are queued after the previous replay's.
+        let now = self.now();
         // The changes queued since `since` (their first deliveries, in the
         // order they were queued, with their message ids), each with the
         // next replay number: the first `cap`, and one more to know where

@@ -211,9 +211,9 @@ pub fn page_token<T: std::str::FromStr>(token: &str, prefix: &str) -> Result<Opt
 /// The longest URL (a webhook's `uri`), in bytes.
 pub const MAX_URL_BYTES: usize = 2_048;
 
-/// A required URL field: absolute, `http` or `https`, with a host, at most
-/// 2,048 bytes, without spaces or control characters (which a parser would
-/// quietly strip or encode). Kept as given.
+/// A required URL field: absolute, `http` or `https`, with a host and a
+/// port other than 0, at most 2,048 bytes, without spaces or control
+/// characters (which a parser would quietly strip or encode). Kept as given.
 pub fn http_url(field: &'static str, value: &str) -> Result<String, Status> {
     if value.is_empty() {
         return Err(invalid(field, "is required"));
@@ -247,6 +247,11 @@ pub fn http_url(field: &'static str, value: &str) -> Result<String, Status> {
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(invalid(field, "must name a host"));
+    }
+    // Nothing listens on port 0: every delivery would fail until the
+    // webhook is disabled.
+    if url.port() == Some(0) {
+        return Err(invalid(field, "must not name port 0"));
     }
     Ok(value.to_owned())
 }
@@ -322,6 +327,8 @@ mod tests {
             "http://127.0.0.1:8080/x?y=1",
             "https://[::1]/",
             "HTTPS://Example.COM",
+            "https://example.com:1/",
+            "https://example.com:65535/",
         ] {
             assert_eq!(http_url("uri", good).ok().as_deref(), Some(good), "{good}");
         }
@@ -341,6 +348,10 @@ mod tests {
             "https://exa mple.com",
             "https://example.com/\n",
             "not a url",
+            "https://example.com:0/",
+            "http://[::1]:0",
+            "https://example.com:65536/",
+            "https://example.com:99999/",
         ] {
             let err = http_url("uri", bad).unwrap_err();
             assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad:?}");

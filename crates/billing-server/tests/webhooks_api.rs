@@ -1560,3 +1560,49 @@ async fn replays_of_one_webhook_at_once_each_succeed_with_their_own_replay_numbe
         "one copy per replay, each numbered after the last"
     );
 }
+
+/// Regression: a URI naming port 0 was registered (nothing listens there,
+/// so every delivery would fail until the webhook was disabled). It is
+/// INVALID_ARGUMENT naming `uri`, on a create and on an update, and
+/// changes nothing; ports 1 to 65535 are fine, and past 65535 is refused
+/// too.
+#[tokio::test]
+async fn a_uri_naming_port_0_is_invalid_argument_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let mut admin = app.client.clone();
+    let customer = Uuid::new_v4();
+    for uri in [
+        "https://hooks.example.com:0/billing",
+        "http://[::1]:0",
+        "https://hooks.example.com:65536/",
+        "https://hooks.example.com:99999/",
+    ] {
+        let err = admin
+            .create_webhook(create(customer, uri))
+            .await
+            .unwrap_err();
+        assert_eq!(invalid_field(&err), "uri", "{uri}: {err:?}");
+    }
+    assert_eq!(webhook_rows(&app).await, 0, "nothing was created");
+    let webhook = admin
+        .create_webhook(create(customer, "https://hooks.example.com:65535/"))
+        .await
+        .unwrap()
+        .into_inner();
+    let err = admin
+        .update_webhook(pb::UpdateWebhookRequest {
+            id: webhook.id.clone(),
+            uri: Some("https://hooks.example.com:0/".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(invalid_field(&err), "uri");
+    let after = admin
+        .get_webhook(pb::GetWebhookRequest { id: webhook.id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.uri, "https://hooks.example.com:65535/");
+    assert_eq!(after.updated_at, webhook.updated_at);
+}

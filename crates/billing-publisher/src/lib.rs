@@ -143,6 +143,9 @@ pub async fn run(store: Store, config: PublisherConfig, shutdown: watch::Receive
         ..Pace::ORDERED
     };
     let active = Arc::new(AtomicUsize::new(0));
+    // One per process, made now: the digests recorded since the process
+    // started are sent whenever it comes to hold slice 0.
+    let digests = Arc::new(tokio::sync::Mutex::new(digests::Digests::new()));
     Sliced::new(&store, "publisher", CHECKPOINT)
         .with_pace(pace)
         .run(
@@ -153,7 +156,7 @@ pub async fn run(store: Store, config: PublisherConfig, shutdown: watch::Receive
                 active: active.clone(),
                 producer: None,
                 retrying: false,
-                digests: digests::Digests::new(),
+                digests: digests.clone(),
             },
             shutdown,
         )
@@ -171,7 +174,9 @@ struct Publisher {
     producer: Option<FutureProducer>,
     /// Whether the next batch is published again after a failed delivery.
     retrying: bool,
-    digests: digests::Digests,
+    /// This process's digests sent (shared by its slices' handlers; the
+    /// one of slice 0 sends them).
+    digests: Arc<tokio::sync::Mutex<digests::Digests>>,
 }
 
 impl FeedHandler for Publisher {
@@ -248,7 +253,11 @@ impl FeedHandler for Publisher {
             digests,
             ..
         } = self;
-        digests.publish_new(store, config, producer).await;
+        digests
+            .lock()
+            .await
+            .publish_new(store, config, producer)
+            .await;
     }
 }
 

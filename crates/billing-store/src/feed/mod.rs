@@ -354,8 +354,22 @@ impl Store {
         read: FeedRead,
         slice: Option<Slice>,
     ) -> Result<Vec<Row>, StoreError> {
-        let client = self.pool.get().await?;
-        feed_rows(&**client, after, limit, read, slice).await
+        let mut client = self.pool.get().await?;
+        if slice.is_none() {
+            return feed_rows(&**client, after, limit, read, None).await;
+        }
+        // The planner takes the slice's condition for a rare one (an
+        // expression's equality: 0.5% of the rows, not 1 in 8), costs the
+        // page far above what it is, and plans it with parallel workers and
+        // JIT compilation: each a fixed cost per read that made a slice
+        // reader five times slower at 1,000,000 events. The feed index's
+        // range, filtered, is the plan either way.
+        let tx = client.transaction().await?;
+        tx.batch_execute("SET LOCAL jit = off; SET LOCAL max_parallel_workers_per_gather = 0")
+            .await?;
+        let rows = feed_rows(&*tx, after, limit, read, slice).await?;
+        tx.commit().await?;
+        Ok(rows)
     }
 
     /// [`Store::read_batch`]'s last step, after [`decode`]: what reading

@@ -1,5 +1,5 @@
 # The commands a developer and CI use. See README.md.
-.PHONY: run test bench bench-tls bench-webhooks lint fmt check
+.PHONY: run test bench bench-tls bench-webhooks bench-readers lint fmt check
 
 # Start PostgreSQL (unless BILLING_DATABASE_URL is set), migrate, and serve
 # gRPC on 127.0.0.1:50051 (BILLING_GRPC_ADDR). Ctrl-C stops everything.
@@ -24,6 +24,12 @@ bench-tls:
 # that answers after 2 s. See BENCHMARKS.md.
 bench-webhooks:
 	scripts/bench-webhooks.sh
+
+# How fast the read side catches up from a backlog (1,000,000 events by
+# default, BENCH_READERS_EVENTS) with 1, 2 and 4 processes per role. See
+# BENCHMARKS.md.
+bench-readers:
+	scripts/bench-readers.sh
 
 # Formatting and lints, as CI checks them.
 lint:

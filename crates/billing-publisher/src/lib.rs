@@ -9,10 +9,13 @@
 //! - [`probe`]: whether the brokers answer (the role's health).
 //! - [`connection`]: the brokers and the security settings (TLS, SASL)
 //!   every client of ours shares.
-//! - [`run`]: the role, a handler of the store's feed follower. One
-//!   publisher per checkpoint is active at a time (a lease); stand-bys take
-//!   over when it dies.
-//! - [`digests`]: the chain-head digests, sent by the active publisher.
+//! - [`run`]: the role, a partitioned reader of the store's feed module
+//!   (`Sliced`): each process publishes its share of the accounts' slices,
+//!   each slice under its own lease (`kafka/3`) with a producer of its own;
+//!   processes joining or leaving move slices between them. Messages stay
+//!   keyed by account id, so an account's partition does not depend on
+//!   which process publishes it.
+//! - [`digests`]: the chain-head digests, sent by the publisher of slice 0.
 
 #![forbid(unsafe_code)]
 
@@ -22,9 +25,11 @@ pub mod message;
 pub mod probe;
 pub mod tail;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use billing_store::{Cursor, FeedBatch, FeedHandler, FeedRead, Follower, Pace, Store};
+use billing_store::{Cursor, FeedBatch, FeedHandler, FeedRead, Pace, Slice, Sliced, Store};
 pub use connection::KafkaConnection;
 use futures::future::try_join_all;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -128,37 +133,50 @@ fn producer(config: &PublisherConfig) -> Result<FutureProducer, KafkaError> {
         .map_err(connection::redacted)
 }
 
-/// Runs the publisher until `shutdown` turns true: a handler of the store's
-/// feed follower from checkpoint [`CHECKPOINT`], active while it holds the
-/// checkpoint's lease (others stand by), and while active the one that
-/// sends the chain digests ([`digests`]).
+/// Runs the publisher until `shutdown` turns true: a partitioned reader of
+/// checkpoint [`CHECKPOINT`], a handler per slice this process holds (each
+/// under its slice's lease); the handler of slice 0 also sends the chain
+/// digests ([`digests`]).
 pub async fn run(store: Store, config: PublisherConfig, shutdown: watch::Receiver<bool>) {
     let pace = Pace {
         batch: config.batch,
         ..Pace::ORDERED
     };
-    let publisher = Publisher {
-        store: store.clone(),
-        config,
-        producer: None,
-        retrying: false,
-        digests: digests::Digests::new(),
-    };
-    Follower::checkpoint(&store, "publisher", CHECKPOINT)
+    let active = Arc::new(AtomicUsize::new(0));
+    // One per process, made now: the digests recorded since the process
+    // started are sent whenever it comes to hold slice 0.
+    let digests = Arc::new(tokio::sync::Mutex::new(digests::Digests::new()));
+    Sliced::new(&store, "publisher", CHECKPOINT)
         .with_pace(pace)
-        .run(publisher, shutdown)
+        .run(
+            |slice| Publisher {
+                store: store.clone(),
+                config: config.clone(),
+                slice,
+                active: active.clone(),
+                producer: None,
+                retrying: false,
+                digests: digests.clone(),
+            },
+            shutdown,
+        )
         .await;
 }
 
-/// The publisher's handler of the feed.
+/// The publisher's handler of one slice of the feed.
 struct Publisher {
     store: Store,
     config: PublisherConfig,
+    slice: Slice,
+    /// This process's slices active (`billing_publisher_active` while any).
+    active: Arc<AtomicUsize>,
     /// Made when first needed, and again after a failure.
     producer: Option<FutureProducer>,
     /// Whether the next batch is published again after a failed delivery.
     retrying: bool,
-    digests: digests::Digests,
+    /// This process's digests sent (shared by its slices' handlers; the
+    /// one of slice 0 sends them).
+    digests: Arc<tokio::sync::Mutex<digests::Digests>>,
 }
 
 impl FeedHandler for Publisher {
@@ -170,7 +188,12 @@ impl FeedHandler for Publisher {
     /// Only the active publisher talks to the broker's admin API.
     async fn activate(&mut self, _at: Cursor) -> Result<(), KafkaError> {
         ensure_topics(&self.config).await?;
-        tracing::info!("publisher: active");
+        tracing::info!(
+            slice = self.slice.index,
+            "publisher: active on slice {}",
+            self.slice.index
+        );
+        self.active.fetch_add(1, Ordering::SeqCst);
         metrics::gauge!("billing_publisher_active").set(1.0);
         Ok(())
     }
@@ -208,11 +231,21 @@ impl FeedHandler for Publisher {
     }
 
     fn deactivate(&mut self) {
-        metrics::gauge!("billing_publisher_active").set(0.0);
-        tracing::info!("publisher: lease ended");
+        if self.active.fetch_sub(1, Ordering::SeqCst) == 1 {
+            metrics::gauge!("billing_publisher_active").set(0.0);
+        }
+        tracing::info!(
+            slice = self.slice.index,
+            "publisher: lease of slice {} ended",
+            self.slice.index
+        );
     }
 
     async fn tick(&mut self) {
+        // One process sends the digests: the one publishing slice 0.
+        if self.slice.index != 0 {
+            return;
+        }
         let Self {
             store,
             config,
@@ -220,7 +253,11 @@ impl FeedHandler for Publisher {
             digests,
             ..
         } = self;
-        digests.publish_new(store, config, producer).await;
+        digests
+            .lock()
+            .await
+            .publish_new(store, config, producer)
+            .await;
     }
 }
 

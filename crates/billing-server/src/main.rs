@@ -189,10 +189,26 @@ async fn main() -> anyhow::Result<()> {
                 billing_publisher::CHECKPOINT,
                 billing_webhooks::CHECKPOINT,
             ] {
+                // Every slice counts; each slice's lag beside the total.
                 let lag = store.feed_lag(checkpoint).await?;
+                let slices: serde_json::Map<_, _> = store
+                    .feed_lag_slices(checkpoint)
+                    .await?
+                    .into_iter()
+                    .map(|(slice, lag)| {
+                        (
+                            slice.index.to_string(),
+                            serde_json::json!({"lag_events": lag.events, "lag_seconds": lag.seconds}),
+                        )
+                    })
+                    .collect();
                 readers.insert(
                     checkpoint.to_owned(),
-                    serde_json::json!({"lag_events": lag.events, "lag_seconds": lag.seconds}),
+                    serde_json::json!({
+                        "lag_events": lag.events,
+                        "lag_seconds": lag.seconds,
+                        "slices": slices,
+                    }),
                 );
             }
             println!(

@@ -131,7 +131,11 @@ fn describe() {
     );
     describe_gauge!(
         "billing_publisher_active",
-        "1 while this publisher holds the lease and publishes, 0 on stand-by."
+        "1 while this publisher holds at least one slice's lease and publishes, 0 on stand-by."
+    );
+    describe_gauge!(
+        "billing_feed_slices_held",
+        "Slices of the feed this process holds, by partitioned reader (projector, publisher, dispatcher)."
     );
     describe_counter!(
         "billing_publisher_events_total",

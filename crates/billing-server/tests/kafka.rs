@@ -468,23 +468,44 @@ async fn a_publisher_killed_between_producing_and_storing_its_cursor_leaves_dupl
     assert_in_order(&messages, &expected);
 }
 
-/// Which publisher holds the lease, by its connection's application name.
-async fn lease_holder(app: &TestApp) -> Option<String> {
+/// How many slices' leases each publisher holds, by its connection's
+/// application name (a slice's lease is an exclusive advisory lock on one
+/// bigint key; a process's membership is on two keys, and the release
+/// before's lease key is held shared).
+async fn slices_held(app: &TestApp) -> BTreeMap<String, i64> {
     let client = app.db.client().await;
     client
-        .query_opt(
-            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-             WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database()
-               AND a.application_name LIKE 'publisher-%'",
+        .query(
+            "SELECT a.application_name, count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+             WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ExclusiveLock'
+               AND l.objsubid = 1 AND a.datname = current_database()
+               AND a.application_name LIKE 'publisher-%'
+             GROUP BY 1",
             &[],
         )
         .await
         .unwrap()
-        .map(|r| r.get(0))
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// Waits until `wanted` holds of the slices held (or fails after 20 s).
+async fn wait_slices(app: &TestApp, what: &str, wanted: impl Fn(&BTreeMap<String, i64>) -> bool) {
+    let mut held = BTreeMap::new();
+    for _ in 0..200 {
+        held = slices_held(app).await;
+        if wanted(&held) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: {held:?}");
 }
 
 #[tokio::test]
-async fn of_two_publishers_one_publishes_and_the_other_takes_over_when_it_dies() {
+async fn of_two_publishers_each_publishes_half_the_slices_and_the_other_takes_them_over_when_it_dies()
+ {
     let brokers = brokers();
     let topics = topics();
     let app = TestApp::spawn().await;
@@ -492,21 +513,12 @@ async fn of_two_publishers_one_publishes_and_the_other_takes_over_when_it_dies()
     let mut a = publisher_process(&app.db.url, &brokers, &topics, "publisher-a");
     let mut b = publisher_process(&app.db.url, &brokers, &topics, "publisher-b");
     traffic(&app, &account, 0).await;
-    let mut holder = None;
-    for _ in 0..100 {
-        holder = lease_holder(&app).await;
-        if holder.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let first = holder.expect("one publisher holds the lease");
-    let (active, standby) = if first == "publisher-a" {
-        (&mut a, "publisher-b")
-    } else {
-        (&mut b, "publisher-a")
-    };
-    kill(active);
+    let half = i64::from(billing_store::SLICES / 2);
+    wait_slices(&app, "each publisher holds half the slices", |held| {
+        held.get("publisher-a") == Some(&half) && held.get("publisher-b") == Some(&half)
+    })
+    .await;
+    kill(&mut a);
     traffic(&app, &account, 1).await;
     let expected = current_versions(&app, std::slice::from_ref(&account)).await;
     let messages = consume(
@@ -517,12 +529,11 @@ async fn of_two_publishers_one_publishes_and_the_other_takes_over_when_it_dies()
     )
     .await;
     assert_in_order(&messages, &expected);
-    assert_eq!(
-        lease_holder(&app).await.as_deref(),
-        Some(standby),
-        "the stand-by took over"
-    );
-    kill(&mut a);
+    let every = i64::from(billing_store::SLICES);
+    wait_slices(&app, "the survivor took over every slice", |held| {
+        held.len() == 1 && held.get("publisher-b") == Some(&every)
+    })
+    .await;
     kill(&mut b);
 }
 

@@ -244,13 +244,15 @@ async fn the_lag_gauges_rise_while_the_readers_are_held_back_and_fall_when_they_
     let id = uuid::Uuid::new_v4().simple().to_string();
     let metrics = free_addr();
     let db = billing_testkit::TestDb::new().await;
-    // Hold both readers back from the start: the projector's checkpoint row
-    // locked (its batches fail and are tried again, as during a rebuild), the publisher's
-    // lease taken (it stands by).
+    // Hold both readers back from the start: the projector's checkpoint rows
+    // locked, every slice's (its batches fail and are tried again, as during
+    // a rebuild), the publisher's single lease taken as the release before
+    // would (its slices stand by).
     let holder = db.client().await;
     holder
         .batch_execute(
-            "BEGIN; SELECT 1 FROM feed_checkpoints WHERE name = 'read_models' FOR UPDATE",
+            "BEGIN; SELECT 1 FROM feed_checkpoints
+             WHERE name = 'read_models' OR starts_with(name, 'read_models/') FOR UPDATE",
         )
         .await
         .unwrap();

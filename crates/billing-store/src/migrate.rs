@@ -86,6 +86,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0014_retention",
         include_str!("../../../migrations/0014_retention.sql"),
     ),
+    (
+        15,
+        "0015_feed_slices",
+        include_str!("../../../migrations/0015_feed_slices.sql"),
+    ),
 ];
 
 /// The first line of a migration that runs outside a transaction.

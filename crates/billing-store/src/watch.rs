@@ -44,7 +44,7 @@ impl Store {
         wanted: impl Fn(Uuid) -> bool,
     ) -> Result<ViewPage, StoreError> {
         let batch = self
-            .read_batch(after, limit, FeedRead::Views, wanted)
+            .read_batch(after, limit, FeedRead::Views, None, wanted)
             .await?;
         Ok(ViewPage {
             last: (batch.len > 0).then_some(batch.last),

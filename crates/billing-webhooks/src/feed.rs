@@ -1,11 +1,12 @@
 //! The dispatcher's reader of the feed: a handler of the one feed module
-//! (`billing_store::Follower`), from checkpoint `webhooks` under its lease
-//! (one active recorder; replicas stand by), turning each batch of changes
-//! into delivery rows and waking this process's sender.
+//! (`billing_store::Sliced`, checkpoint `webhooks`): each process claims
+//! its share of the accounts' slices and records each slice it holds under
+//! that slice's lease (`webhooks/3`), in order per account, turning each
+//! batch of changes into delivery rows and waking this process's sender.
 
 use std::sync::Arc;
 
-use billing_store::{FeedBatch, FeedHandler, FeedRead, Follower, Store, StoreError};
+use billing_store::{FeedBatch, FeedHandler, FeedRead, Sliced, Store, StoreError};
 use tokio::sync::{Notify, watch};
 
 use crate::recorder;
@@ -40,7 +41,13 @@ impl FeedHandler for Recording {
 
 /// Follows the feed into deliveries until `shutdown` turns true.
 pub async fn run(store: Store, wake: Arc<Notify>, shutdown: watch::Receiver<bool>) {
-    Follower::checkpoint(&store, "dispatcher", CHECKPOINT)
-        .run(Recording { store, wake }, shutdown)
+    Sliced::new(&store, "dispatcher", CHECKPOINT)
+        .run(
+            |_| Recording {
+                store: store.clone(),
+                wake: wake.clone(),
+            },
+            shutdown,
+        )
         .await;
 }

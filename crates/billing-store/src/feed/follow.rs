@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::feed::{Cursor, FeedRead, FeedWakeup, Lease, StoredEvent, decode};
+use crate::feed::{Cursor, FeedRead, FeedWakeup, Lease, Slice, StoredEvent, decode};
 use crate::watch::VersionedView;
 use crate::{Store, StoreError};
 
@@ -212,9 +212,9 @@ pub enum Start {
 /// [`run`]: Follower::run
 #[derive(Clone, Debug)]
 pub struct Follower {
-    store: Store,
+    pub(super) store: Store,
     /// Named in logs (`"{reader}: ..."`) and the wake-ups' connection.
-    reader: &'static str,
+    pub(super) reader: &'static str,
     start: Start,
     pace: Pace,
 }
@@ -282,6 +282,49 @@ impl Follower {
             handler.deactivate();
         }
         tracing::info!(reader, "{reader} stopped");
+        handler
+    }
+
+    /// Follows the feed with `handler` from the checkpoint of `lease`, taken
+    /// already (a slice's, by [`Sliced`](crate::Sliced)), until the lease
+    /// is lost or `shutdown` turns true; never stands by. The lease ends
+    /// when this returns.
+    pub async fn run_leased<H: FeedHandler>(
+        self,
+        mut handler: H,
+        lease: Lease,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> H {
+        let reader = self.reader;
+        let at = match lease.cursor().await {
+            Ok(at) => at,
+            Err(error) => {
+                tracing::warn!(reader, %error, "{reader}: cannot read the checkpoint of {}", lease.name());
+                return handler;
+            }
+        };
+        let activated = tokio::select! {
+            activated = handler.activate(at) => activated,
+            _ = shutdown.changed() => return handler,
+        };
+        if let Err(error) = activated {
+            tracing::warn!(reader, %error, "{reader}: cannot become active on {}", lease.name());
+            drop(lease);
+            // Not at once again: the slice is free for another process (or
+            // this one) to claim after the back-off.
+            pause(&mut shutdown, BACKOFF * 4).await;
+            return handler;
+        }
+        let wakeup = FeedWakeup::start(&self.store, reader);
+        self.follow(
+            &mut handler,
+            Some(Arc::new(lease)),
+            at,
+            &wakeup,
+            &mut shutdown,
+        )
+        .await;
+        handler.deactivate();
         handler
     }
 
@@ -355,7 +398,8 @@ impl Follower {
                 next_tick = Instant::now() + every;
             }
             let started = Instant::now();
-            let batch = match self.read(cursor, &mut *handler).await {
+            let slice = lease.as_ref().and_then(|lease| lease.slice());
+            let batch = match self.read(cursor, slice, &mut *handler).await {
                 Ok(mut batch) => {
                     batch.lease.clone_from(&lease);
                     batch
@@ -441,11 +485,12 @@ impl Follower {
     async fn read<H: FeedHandler>(
         &self,
         cursor: Cursor,
+        slice: Option<Slice>,
         handler: &mut H,
     ) -> Result<FeedBatch, StoreError> {
         let rows = self
             .store
-            .feed_page(cursor, self.pace.batch, H::READ)
+            .feed_page(cursor, self.pace.batch, H::READ, slice)
             .await?;
         let mut batch = decode(&rows, cursor, H::READ, |id| handler.wants(id))?;
         drop(rows);
@@ -455,7 +500,7 @@ impl Follower {
 }
 
 /// Whether the reader should stop: told so, or nobody is left to tell it.
-fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
+pub(super) fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
     *shutdown.borrow() || shutdown.has_changed().is_err()
 }
 

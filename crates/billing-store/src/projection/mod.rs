@@ -27,12 +27,19 @@ use uuid::Uuid;
 use crate::feed::{Cursor, FeedBatch, FeedRead, MOVE_CHECKPOINT, StoredEvent, feed_rows};
 use crate::{Store, StoreError};
 
-/// Locks a checkpoint row and reads it (the cursor's columns first, as
-/// [`Cursor::from_row`] reads them): a projection batch and `billing rebuild`
-/// exclude each other by it.
-const LOCK_CHECKPOINT: &str =
-    "SELECT position, xid::text AS xid_text FROM feed_checkpoints WHERE name = $1 FOR UPDATE";
-/// [`LOCK_CHECKPOINT`] for a projection batch, which does not wait for a
+/// Locks every checkpoint row of the read models, the single one (the
+/// release before's) and each slice's, in name order: `billing rebuild`
+/// holds them all while it runs.
+const LOCK_EVERY_CHECKPOINT: &str = "SELECT name FROM feed_checkpoints
+     WHERE name = $1 OR starts_with(name, $1 || '/') ORDER BY name FOR UPDATE";
+/// Moves every checkpoint row of the read models (as
+/// [`LOCK_EVERY_CHECKPOINT`] names them) to `$2`, `$3`.
+const MOVE_EVERY_CHECKPOINT: &str =
+    "UPDATE feed_checkpoints SET xid = $2::text::xid8, position = $3
+     WHERE name = $1 OR starts_with(name, $1 || '/')";
+/// Locks a projection batch's checkpoint row and reads it (the cursor's
+/// columns first, as [`Cursor::from_row`] reads them): a batch and `billing
+/// rebuild` exclude each other by it. The batch does not wait for a
 /// rebuild (a shutdown would wait with it): it fails at once, and the
 /// follower tries again after a back-off.
 const LOCK_CHECKPOINT_NOWAIT: &str = "SELECT position, xid::text AS xid_text FROM feed_checkpoints WHERE name = $1 FOR UPDATE NOWAIT";
@@ -187,19 +194,55 @@ impl Store {
 
     /// Projects up to `limit` events after checkpoint `name`, once, holding
     /// its lease for that batch (for tests and tools; the projector role is
-    /// a [`Follower`](crate::Follower)). `None` while another process holds
-    /// the lease.
+    /// a [`Sliced`](crate::Sliced) reader). For a partitioned reader, a
+    /// batch of up to `limit` of each slice whose lease is free, reported
+    /// together. `None` while other processes hold every lease.
     pub async fn project_batch(
         &self,
         name: &str,
         limit: i64,
     ) -> Result<Option<BatchReport>, StoreError> {
-        let Some(lease) = self.acquire_lease(name).await? else {
+        let slices = self.slices(name).await?;
+        if slices.is_empty() {
+            return self
+                .project_leased(self.acquire_lease(name).await?, limit)
+                .await;
+        }
+        let mut total: Option<BatchReport> = None;
+        for slice in slices {
+            let lease = self.acquire_slice_lease(name, slice).await?;
+            let Some(report) = self.project_leased(lease, limit).await? else {
+                continue;
+            };
+            let total = total.get_or_insert_with(BatchReport::default);
+            total.applied += report.applied;
+            total.skipped += report.skipped;
+            total.cursor = total.cursor.max(report.cursor);
+            if total.gap.is_none() {
+                total.gap = report.gap;
+            }
+        }
+        Ok(total)
+    }
+
+    /// [`Self::project_batch`] of one checkpoint, under its `lease`.
+    async fn project_leased(
+        &self,
+        lease: Option<crate::Lease>,
+        limit: i64,
+    ) -> Result<Option<BatchReport>, StoreError> {
+        let Some(lease) = lease else {
             return Ok(None);
         };
         let after = lease.cursor().await?;
         let mut batch = self
-            .read_batch(after, limit, FeedRead::EventsWithoutView, |_| true)
+            .read_batch(
+                after,
+                limit,
+                FeedRead::EventsWithoutView,
+                lease.slice(),
+                |_| true,
+            )
             .await?;
         batch.lease = Some(Arc::new(lease));
         self.project(&batch).await.map(Some)
@@ -222,7 +265,7 @@ impl Store {
     ) -> Result<BatchReport, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        tx.query_one(LOCK_CHECKPOINT, &[&READ_MODELS]).await?;
+        tx.query(LOCK_EVERY_CHECKPOINT, &[&READ_MODELS]).await?;
         // An estimate (events may commit while the rebuild runs): it only
         // tells the operator how far along the rebuild is.
         let total_events: i64 = tx
@@ -233,7 +276,8 @@ impl Store {
             .await?;
         let mut total = BatchReport::default();
         loop {
-            let rows = feed_rows(&*tx, total.cursor, batch, FeedRead::EventsWithoutView).await?;
+            let rows =
+                feed_rows(&*tx, total.cursor, batch, FeedRead::EventsWithoutView, None).await?;
             let events = rows
                 .iter()
                 .map(StoredEvent::from_row)
@@ -257,8 +301,10 @@ impl Store {
                 total: (total_events.max(0) as u64).max(done as u64),
             });
         }
+        // Every slice's checkpoint (and the single one) at the rebuild's end:
+        // each slice's events up to it are projected.
         tx.execute(
-            MOVE_CHECKPOINT,
+            MOVE_EVERY_CHECKPOINT,
             &[
                 &READ_MODELS,
                 &total.cursor.xid_param(),

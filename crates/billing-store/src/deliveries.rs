@@ -432,23 +432,6 @@ impl Store {
             .await?)
     }
 
-    /// Lets go of claimed deliveries without an attempt (a dispatcher
-    /// stopping): they are due again at once, for any dispatcher.
-    pub async fn unclaim_deliveries(&self, ids: &[Uuid]) -> Result<(), StoreError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let client = self.pool.get().await?;
-        client
-            .execute(
-                "UPDATE webhook_deliveries SET locked_until = NULL
-                 WHERE id = ANY($1) AND status = 'pending'",
-                &[&ids],
-            )
-            .await?;
-        Ok(())
-    }
-
     /// Pending deliveries, and how long the oldest due one has waited.
     pub async fn delivery_backlog(&self) -> Result<Backlog, StoreError> {
         let client = self.pool.get().await?;

@@ -80,7 +80,7 @@ pub use deliveries::{
 pub use error::StoreError;
 pub use feed::{
     Cursor, FeedBatch, FeedHandler, FeedRead, FeedWakeup, Follower, Lag, Lease, MAX_CAUSES, Pace,
-    SLICES, Slice, Sliced, Start, StoredEvent, causes, slice_of,
+    SLICES, Slice, Sliced, Start, StoredEvent, causes, slice_of, span_context,
 };
 pub use migrate::{MIGRATIONS, migrate};
 pub use probe::DatabaseProbe;

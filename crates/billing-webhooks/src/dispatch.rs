@@ -227,7 +227,9 @@ async fn attempt(
         webhook.attempt = delivery.attempts + 1,
         http.response.status_code = tracing::field::Empty,
     );
-    if let Some(cause) = cause(&delivery) {
+    if let Some(cause) =
+        billing_store::span_context(delivery.trace_id.as_deref(), delivery.span_id.as_deref())
+    {
         span.add_link(cause);
     }
     async move {
@@ -330,19 +332,4 @@ fn short(text: &str) -> String {
         end -= 1;
     }
     text[..end].to_owned()
-}
-
-/// The span of the request that caused the change, when it was traced.
-fn cause(delivery: &ClaimedDelivery) -> Option<opentelemetry::trace::SpanContext> {
-    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
-    let span_id = SpanId::from_hex(delivery.span_id.as_deref()?).ok()?;
-    let trace_id = TraceId::from_hex(delivery.trace_id.as_deref()?).ok()?;
-    let context = SpanContext::new(
-        trace_id,
-        span_id,
-        TraceFlags::SAMPLED,
-        true,
-        TraceState::NONE,
-    );
-    context.is_valid().then_some(context)
 }

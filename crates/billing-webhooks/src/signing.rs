@@ -9,8 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ring::hmac;
 
-/// The prefix of a secret's text.
-pub const SECRET_PREFIX: &str = "whsec_";
+use billing_store::SECRET_PREFIX;
 
 /// A signing key: the decoded bytes of a `whsec_` secret.
 pub struct SigningKey(hmac::Key);

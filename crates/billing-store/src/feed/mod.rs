@@ -213,18 +213,28 @@ impl StoredEvent {
     /// work the event causes (projecting it, publishing it). `None` when the
     /// request was not traced.
     pub fn cause(&self) -> Option<opentelemetry::trace::SpanContext> {
-        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
-        let span_id = SpanId::from_hex(self.span_id.as_deref()?).ok()?;
-        let trace_id = TraceId::from_hex(self.trace_id.as_deref()?).ok()?;
-        let context = SpanContext::new(
-            trace_id,
-            span_id,
-            TraceFlags::SAMPLED,
-            true,
-            TraceState::NONE,
-        );
-        context.is_valid().then_some(context)
+        span_context(self.trace_id.as_deref(), self.span_id.as_deref())
     }
+}
+
+/// The span a request's stored trace and span ids name, for a link from
+/// the work it causes later; `None` when it was not traced (or the ids do
+/// not parse).
+pub fn span_context(
+    trace_id: Option<&str>,
+    span_id: Option<&str>,
+) -> Option<opentelemetry::trace::SpanContext> {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    let span_id = SpanId::from_hex(span_id?).ok()?;
+    let trace_id = TraceId::from_hex(trace_id?).ok()?;
+    let context = SpanContext::new(
+        trace_id,
+        span_id,
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::NONE,
+    );
+    context.is_valid().then_some(context)
 }
 
 /// The feed query, the one definition every reader uses: events after

@@ -12,6 +12,7 @@
 //! - [`estimate`]: a basket's price and a month's plan comparison.
 //! - [`ledger`]: which events move money, for the transaction ledger.
 //! - [`timestamp`]: fast RFC 3339 serialization of stored times.
+//! - [`view`]: a view folded from an earlier one (`AccountView::after`).
 
 #![forbid(unsafe_code)]
 
@@ -25,6 +26,7 @@ pub mod ledger;
 pub mod money;
 pub mod rates;
 pub mod timestamp;
+pub mod view;
 
 pub use account::{
     Account, AccountView, Balances, Hold, MAX_PROMOTIONS, Promotion, PromotionSpend,

@@ -176,6 +176,14 @@ proptest! {
             created.events.iter().map(|r| (r.event.clone(), t0())).collect();
         let mut account = created.account;
         let mut now = t0();
+        // The view after each event, folded from the one before it (how
+        // the store gives the views it does not keep): always the view the
+        // command recorded.
+        let mut view = created.events[0].account.clone();
+        for recorded in &created.events[1..] {
+            view = view.after(&recorded.event, t0(), recorded.balances).unwrap();
+            prop_assert_eq!(&view, &recorded.account, "the folded view differs from the recorded one");
+        }
 
         for (command, advance_ms) in steps {
             now += Duration::milliseconds(advance_ms);
@@ -212,6 +220,8 @@ proptest! {
                     prop_assert_eq!(deltas(&recorded.event).1, 0);
                 }
                 before.apply(&recorded.event, now).unwrap();
+                view = view.after(&recorded.event, now, recorded.balances).unwrap();
+                prop_assert_eq!(&view, &recorded.account, "the folded view differs from the recorded one");
                 prop_assert!(
                     before.promotions.iter().all(|p| p.remaining.is_positive()),
                     "a promotional grant went to zero or below and stayed"

@@ -276,6 +276,23 @@ pub struct DatabaseArgs {
     /// besides the pool. An account's commands always go to the same one.
     #[arg(long, env = "BILLING_COMMAND_WRITERS", default_value_t = billing_store::DEFAULT_WRITERS)]
     pub command_writers: usize,
+    /// Every how many versions an account's event keeps the whole account
+    /// view after it (its first event always does); the others' views are
+    /// folded from the last kept one when read. 1 keeps it on every event,
+    /// as releases before this setting did: set it to 1 while processes of
+    /// such a release still run (README, "Upgrading").
+    #[arg(
+        long,
+        env = "BILLING_VIEW_SNAPSHOT_EVERY",
+        default_value_t = billing_store::DEFAULT_VIEW_EVERY,
+        value_parser = clap::value_parser!(i64).range(1..=billing_store::MAX_VIEW_EVERY)
+    )]
+    pub view_snapshot_every: i64,
+    /// Accounts whose last view the feed's readers (publisher, webhook
+    /// dispatcher) remember, about 1 KB each: a reader folds each event
+    /// onto it instead of reading the last kept view back.
+    #[arg(long, env = "BILLING_VIEW_CACHE_ACCOUNTS", default_value_t = billing_store::DEFAULT_VIEW_CACHE)]
+    pub view_cache_accounts: usize,
 }
 
 impl DatabaseArgs {
@@ -616,6 +633,8 @@ impl ServeConfig {
                 database_url_file: None,
                 pool_size: 16,
                 command_writers: billing_store::DEFAULT_WRITERS,
+                view_snapshot_every: billing_store::DEFAULT_VIEW_EVERY,
+                view_cache_accounts: billing_store::DEFAULT_VIEW_CACHE,
             },
             jwt: JwtArgs::secret(jwt_secret),
             kafka: KafkaArgs {

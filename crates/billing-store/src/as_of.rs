@@ -9,8 +9,10 @@
 //! probes on an account with 200,000 events, 21 at 2,000,000; no index or
 //! snapshot of its own, so it costs nothing per event stored or written.
 //!
-//! That event's stored account view (`account_after`) is the whole account
-//! after it: balances, limits, postpaid, status, promotional grants. What
+//! The account view after that event (`account_after`, kept on it or folded
+//! from the last kept one, at most `BILLING_VIEW_SNAPSHOT_EVERY - 1` events
+//! back: `views.rs`) is the whole account after it: balances, limits,
+//! postpaid, status, promotional grants. What
 //! time alone made due between that event and the instant is applied as a
 //! strongly consistent read would have applied it then (`Account::balances`
 //! at that instant, `billing_domain::as_of`): promotional grants past their
@@ -28,9 +30,9 @@
 //! window ago) its hold counts as the recorded history has it, held until
 //! its expiry was recorded, which the sweeper does within its interval.
 
-use billing_domain::{Account, AccountView, Balances, Micros, Overflow, Tokens};
+use billing_domain::{Account, AccountView, Micros, Overflow, Tokens};
 use chrono::{DateTime, Utc};
-use std::collections::BTreeMap;
+use tokio_postgres::types::Json;
 
 use crate::{Store, StoreError};
 
@@ -83,10 +85,8 @@ FROM found JOIN events e ON e.account_id = $1 AND e.version = found.version";
 impl Store {
     /// Account `current.id` as it stood at `at`: the view after its last
     /// event at or before `at`, with what time had made due by `at` applied
-    /// (module comment). `None` before the account existed. `current` (the
-    /// account now) serves only events written before the stored view
-    /// (migration 0003), which have balances alone: their settings are
-    /// today's.
+    /// (module comment). `None` before the account existed. Of `current`
+    /// (the account now) only the id is read.
     pub async fn account_as_of(
         &self,
         current: &Account,
@@ -99,35 +99,21 @@ impl Store {
         let Some(row) = client.query_opt(&statement, &[&current.id, &at]).await? else {
             return Ok(None);
         };
+        drop(client);
         let version: i64 = row.get(0);
-        let after: Option<serde_json::Value> = row.get(1);
         let corrupt = |_| StoreError::Corrupt(format!("account {} overflows", current.id));
-        let Some(after) = after else {
-            // Written before events carried the account view (migration
-            // 0003): the balances recorded on the event, today's settings,
-            // and no promotional credit (it came later, migration 0009).
-            let mut view = current.view(current.tm_update).map_err(corrupt)?;
-            let b = Balances {
-                balance_credit: Micros(row.get(2)),
-                balance_token: Tokens(row.get(3)),
-                reserved_credit: Micros(row.get(4)),
-                reserved_token: Tokens(row.get(5)),
-                available_credit: Micros(row.get(6)),
-                available_token: Tokens(row.get(7)),
-            };
-            view.balance_credit = b.balance_credit;
-            view.balance_token = b.balance_token;
-            view.reserved_credit = b.reserved_credit;
-            view.reserved_token = b.reserved_token;
-            view.available_credit = b.available_credit;
-            view.available_token = b.available_token;
-            view.balance_promotional = Micros::ZERO;
-            view.promotional_grants = Vec::new();
-            view.over_limit = b.available_credit.is_negative();
-            view.version = version;
-            return Ok(Some(view));
+        let view: AccountView = match row.try_get::<_, Option<Json<AccountView>>>(1)? {
+            Some(Json(view)) => view,
+            // An event that keeps no view (`views.rs`): folded from the last
+            // kept one.
+            None => self
+                .views_at(&[(current.id, version)])
+                .await?
+                .remove(&(current.id, version))
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!("account {} has no version {version}", current.id))
+                })?,
         };
-        let view: AccountView = serde_json::from_value(after)?;
         let released = (Micros(row.get(8)), Tokens(row.get(9)));
         view_at(&view, at, released).map(Some).map_err(corrupt)
     }
@@ -143,34 +129,8 @@ pub(crate) fn view_at(
     released: (Micros, Tokens),
 ) -> Result<AccountView, Overflow> {
     let at = at.max(view.tm_update);
-    let account = Account {
-        id: view.id,
-        customer_id: view.customer_id,
-        name: view.name.clone(),
-        detail: view.detail.clone(),
-        plan_type: view.plan_type,
-        plan_status: view.plan_status,
-        status: view.status,
-        currency: view.currency.clone(),
-        balance_credit: view.balance_credit,
-        balance_token: view.balance_token,
-        credit_limit: view.credit_limit,
-        credit_limit_type: view.credit_limit_type,
-        is_postpaid: view.is_postpaid,
-        low_balance_threshold: view.low_balance_threshold,
-        payment_type: view.payment_type.clone(),
-        payment_method: view.payment_method.clone(),
-        tm_last_topup: view.tm_last_topup,
-        tm_next_topup: view.tm_next_topup,
-        tm_create: view.tm_create,
-        tm_update: view.tm_update,
-        tm_delete: view.tm_delete,
-        version: view.version,
-        // The view has the holds' sums only; they are added back below.
-        holds: BTreeMap::new(),
-        chain_head: None,
-        promotions: view.promotional_grants.clone(),
-    };
+    // The view has the holds' sums only; they are added back below.
+    let account = Account::from_view(view);
     // Housekeeping on a state that is representable never fails but on an
     // overflow, which `as_of` reports as a rejection.
     let account = billing_domain::as_of(&account, at).map_err(|_| Overflow)?;

@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use crate::chain::{self, ChainHash, Content};
 use crate::document::Document;
+use crate::views;
 use crate::{Idempotency, RequestMeta, StoreError};
 
 /// A command's answer: the outcome to reply with, or why it was refused.
@@ -89,8 +90,9 @@ pub(crate) struct EventRow {
     pub balances: Balances,
     /// The event's payload, as stored.
     pub payload: Document,
-    /// The account view after the event, as stored.
-    pub account_after: Document,
+    /// The account view after the event, as stored: on the events that keep
+    /// a snapshot of it only (`views.rs`).
+    pub account_after: Option<Document>,
     /// To the microsecond, as PostgreSQL keeps it (and as it is hashed).
     pub occurred_at: DateTime<Utc>,
     pub principal: String,
@@ -126,7 +128,7 @@ impl EventRow {
                 b.available_credit.get(),
                 b.available_token.get(),
             ],
-            account_after: Some(&self.account_after.0),
+            account_after: self.account_after.as_ref().map(|d| d.0.as_slice()),
         }
     }
 }
@@ -197,6 +199,7 @@ pub(crate) fn decide<'a>(
     mut loaded: Loaded,
     now: DateTime<Utc>,
     rates: &RateTable,
+    view_every: i64,
 ) -> Decided {
     let initial: HashMap<Uuid, i64> = loaded
         .accounts
@@ -206,6 +209,7 @@ pub(crate) fn decide<'a>(
     let mut batch = Batch {
         loaded: &mut loaded,
         rates,
+        view_every,
         now,
         overlay: HashMap::new(),
         reservations: BTreeMap::new(),
@@ -271,6 +275,9 @@ pub(crate) fn decide<'a>(
 struct Batch<'a> {
     loaded: &'a mut Loaded,
     rates: &'a RateTable,
+    /// Every how many versions an event keeps the account view after it
+    /// (`views.rs`).
+    view_every: i64,
     now: DateTime<Utc>,
     /// Reservations as earlier commands of this batch left them; they take
     /// precedence over the stored rows.
@@ -310,7 +317,9 @@ impl Batch<'_> {
                 account_id,
                 version: r.version,
                 payload: Document::of(&r.event)?,
-                account_after: Document::of(&r.account)?,
+                account_after: views::keeps_view(r.version, self.view_every)
+                    .then(|| Document::of(&r.account))
+                    .transpose()?,
                 event: r.event,
                 balances: r.balances,
                 occurred_at,
@@ -601,6 +610,7 @@ mod tests {
             loaded,
             now(),
             &RateTable::default(),
+            views::DEFAULT_VIEW_EVERY,
         )
     }
 

@@ -75,9 +75,9 @@ pub struct ClaimedDelivery {
     /// The current secret, and the previous one while a rotation's overlap
     /// lasts.
     pub secrets: Vec<String>,
-    /// The change: when it happened and the account view after it (as
-    /// stored; `None` for events from before views were stored, with the
-    /// balances instead).
+    /// The change: when it happened and the account view after it (as the
+    /// event keeps it, or folded: `views.rs`; `None` only if its account's
+    /// events cannot be folded, with the balances instead).
     pub occurred_at: DateTime<Utc>,
     pub account_after: Option<String>,
     pub balances: [i64; 6],
@@ -264,7 +264,8 @@ impl Store {
                 ],
             )
             .await?;
-        Ok(rows
+        drop(client);
+        let mut claimed: Vec<ClaimedDelivery> = rows
             .iter()
             .map(|row| {
                 let mut secrets = vec![row.get::<_, String>(9)];
@@ -294,7 +295,25 @@ impl Store {
                     span_id: row.get(20),
                 }
             })
-            .collect())
+            .collect();
+        // A change whose event keeps no view (`views.rs`) sends the folded
+        // one: the same document the event would have kept.
+        let missing: Vec<(Uuid, i64)> = claimed
+            .iter()
+            .filter(|d| d.account_after.is_none())
+            .map(|d| (d.account_id, d.account_version))
+            .collect();
+        if !missing.is_empty() {
+            let folded = self.views_at(&missing).await?;
+            for d in &mut claimed {
+                if d.account_after.is_none()
+                    && let Some(view) = folded.get(&(d.account_id, d.account_version))
+                {
+                    d.account_after = Some(serde_json::to_string(view)?);
+                }
+            }
+        }
+        Ok(claimed)
     }
 
     /// Records attempts (one transaction): each delivery's status, and for

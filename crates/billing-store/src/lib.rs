@@ -62,6 +62,7 @@ mod retention;
 mod routes;
 mod sql;
 mod verify;
+mod views;
 mod watch;
 mod webhooks;
 mod writer;
@@ -87,6 +88,7 @@ pub use probe::DatabaseProbe;
 pub use projection::{BatchReport, Gap, LedgerEntry, LedgerQuery, READ_MODELS, RebuildProgress};
 pub use retention::{RETENTION_BATCH, Removed};
 pub use verify::{ChainDigest, Verification};
+pub use views::{DEFAULT_VIEW_EVERY, MAX_VIEW_EVERY};
 pub use watch::{VersionedView, ViewPage};
 pub use webhooks::{
     DeliveryStatus, MAX_REPLAY, MAX_WEBHOOKS_PER_CUSTOMER, NewWebhook, Replay, SECRET_PREFIX,
@@ -143,6 +145,10 @@ pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 /// More cores may want more.
 pub const DEFAULT_WRITERS: usize = 1;
 
+/// Accounts whose last view the feed's readers remember, unless told
+/// otherwise: about 1 KB each in memory.
+pub const DEFAULT_VIEW_CACHE: usize = 16_384;
+
 /// `clock`'s time to the microsecond.
 fn micros(clock: &Clock) -> DateTime<Utc> {
     let now = clock();
@@ -168,6 +174,11 @@ pub struct Store {
     writers: Arc<OnceLock<writer::Writers>>,
     /// Which account holds each reservation id, for routing.
     routes: Arc<routes::Routes>,
+    /// Every how many versions an event keeps the account view after it
+    /// (`views.rs`).
+    view_every: i64,
+    /// The last view the feed's readers saw of each account.
+    view_cache: Arc<views::ViewCache>,
 }
 
 impl std::fmt::Debug for Store {
@@ -220,6 +231,8 @@ impl Store {
             writer_count: DEFAULT_WRITERS,
             writers: Arc::default(),
             routes: Arc::default(),
+            view_every: views::DEFAULT_VIEW_EVERY,
+            view_cache: Arc::new(views::ViewCache::new(DEFAULT_VIEW_CACHE)),
         })
     }
 
@@ -238,6 +251,23 @@ impl Store {
         self
     }
 
+    /// The same store keeping the account view on every `every`-th event
+    /// of an account (and its first), 1 to [`MAX_VIEW_EVERY`]: 1 keeps it
+    /// on every event, as releases before views were folded did (and still
+    /// read). Its writers are its own.
+    pub fn with_view_snapshots(mut self, every: i64) -> Self {
+        self.view_every = every.clamp(1, MAX_VIEW_EVERY);
+        self.writers = Arc::default();
+        self
+    }
+
+    /// The same store remembering the last view of at most `accounts`
+    /// accounts for the feed's readers (0: none; see `views.rs`).
+    pub fn with_view_cache(mut self, accounts: usize) -> Self {
+        self.view_cache = Arc::new(views::ViewCache::new(accounts));
+        self
+    }
+
     fn writers(&self) -> &writer::Writers {
         self.writers.get_or_init(|| {
             writer::Writers::start(
@@ -247,6 +277,7 @@ impl Store {
                     rates: self.rates.clone(),
                     clock: self.clock.clone(),
                     routes: self.routes.clone(),
+                    view_every: self.view_every,
                 }),
             )
         })

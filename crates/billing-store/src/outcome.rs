@@ -1,8 +1,9 @@
 //! Outcomes as stored: replies kept for replay (idempotency records, a
-//! commit's outcome on its reservation row), without the account view
-//! wherever the event at the view's version already stores it. A replay
-//! reads the view back from that event (`sql.rs` joins it in), so it gets
-//! the first reply byte for byte. Rows written in the whole form still read.
+//! commit's outcome on its reservation row), without the account view. A
+//! replay reads the view back from the event at the view's version
+//! (`sql.rs` joins it in; folded where that event keeps none: `views.rs`),
+//! so it gets the first reply byte for byte. Rows written in the whole form
+//! still read.
 
 use billing_domain::{AccountView, ChargeOutcome, CommitOutcome, Micros, Outcome, Rate, Tokens};
 use serde::{Deserialize, Serialize};
@@ -129,7 +130,7 @@ pub(crate) enum StoredOutcomeRow {
 /// the event it names (`account`, joined in by the query).
 pub(crate) fn outcome_from(
     Json(stored): Json<StoredOutcomeRow>,
-    account: Option<Json<AccountView>>,
+    account: Option<AccountView>,
     key: &str,
 ) -> Result<Outcome, StoreError> {
     Ok(match stored {
@@ -139,11 +140,8 @@ pub(crate) fn outcome_from(
 }
 
 /// The joined account view a slim outcome needs.
-pub(crate) fn joined(
-    account: Option<Json<AccountView>>,
-    what: &str,
-) -> Result<AccountView, StoreError> {
-    account.map(|Json(a)| a).ok_or_else(|| {
+pub(crate) fn joined(account: Option<AccountView>, what: &str) -> Result<AccountView, StoreError> {
+    account.ok_or_else(|| {
         StoreError::Corrupt(format!(
             "`{what}`: no account view at the version its stored outcome names"
         ))

@@ -168,7 +168,7 @@ pub(crate) async fn write(
         event_rt: column(|b| b.reserved_token.get()),
         event_ac: column(|b| b.available_credit.get()),
         event_avt: column(|b| b.available_token.get()),
-        event_views: e.iter().map(|r| &r.account_after).collect(),
+        event_views: e.iter().map(|r| r.account_after.as_ref()).collect(),
         event_hashes: e.iter().map(|r| r.hash.as_slice()).collect(),
         event_spans: e.iter().map(|r| r.span_id.as_deref()).collect(),
 

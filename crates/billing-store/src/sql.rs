@@ -28,9 +28,11 @@ FROM unnest($1::uuid[], $2::bigint[]) AS w(account_id, cached)
 LEFT JOIN accounts a ON a.account_id = w.account_id";
 
 /// With the account view of the event a stored outcome names (outcomes are
-/// stored without it where that event has it: `outcome.rs`).
+/// stored without it: `outcome.rs`), where that event keeps one, and the
+/// account and version to fold it for where not (`views.rs`).
 pub(crate) const LOAD_KEYS: &str = "
-SELECT k.idempotency_key, k.operation, k.request_hash, k.outcome, e.account_after
+SELECT k.idempotency_key, k.operation, k.request_hash, k.outcome, e.account_after,
+       k.account_id, (k.outcome->>'account_version')::bigint
 FROM idempotency_keys k
 LEFT JOIN events e
        ON e.account_id = k.account_id
@@ -38,10 +40,11 @@ LEFT JOIN events e
 WHERE k.idempotency_key = ANY($1::text[])";
 
 /// With a commit's outcome, the account view of the event it names (the
-/// outcome is stored without it).
+/// outcome is stored without it) where that event keeps one, and the
+/// account and version to fold it for where not (`views.rs`).
 pub(crate) const LOAD_RESERVATIONS: &str = "
 SELECT r.reservation_id, r.hold, r.status, r.commit_outcome, coalesce(r.resolved_version, 0),
-       e.account_after
+       e.account_after, r.account_id, (r.commit_outcome->>'account_version')::bigint
 FROM reservations r
 LEFT JOIN events e
        ON e.account_id = r.account_id
@@ -129,8 +132,9 @@ write_batch_arguments! {
     event_rt: Vec<i64>,
     event_ac: Vec<i64>,
     event_avt: Vec<i64>,
-    /// The account view after each event.
-    event_views: Vec<&'a Document>,
+    /// The account view after each event, where it is kept (a snapshot:
+    /// `views.rs`).
+    event_views: Vec<Option<&'a Document>>,
     event_hashes: Vec<&'a [u8]>,
     event_spans: Vec<Option<&'a str>>,
     new_res_ids: Vec<&'a str>,

@@ -4,7 +4,7 @@
 //! [`FeedRead::Views`]), and one account's views after a version, to catch a
 //! watcher up from the log.
 
-use billing_domain::{Account, AccountView, Event};
+use billing_domain::AccountView;
 use tokio_postgres::types::Json;
 use uuid::Uuid;
 
@@ -73,12 +73,22 @@ impl Store {
                 )
                 .await?
         };
+        // Events that keep no view (`views.rs`) get theirs folded, all in
+        // one read.
+        let missing: Vec<(Uuid, i64)> = rows
+            .iter()
+            .filter(|row| row.get::<_, Option<Json<AccountView>>>(1).is_none())
+            .map(|row| (account_id, row.get(0)))
+            .collect();
+        let mut folded = self.views_at(&missing).await?;
         let mut views = Vec::with_capacity(rows.len());
         for row in &rows {
             let version: i64 = row.get(0);
             let view = match row.try_get::<_, Option<Json<AccountView>>>(1)? {
                 Some(Json(view)) => view,
-                None => self.folded_view(account_id, version).await?,
+                None => folded.remove(&(account_id, version)).ok_or_else(|| {
+                    StoreError::Corrupt(format!("account {account_id} has no version {version}"))
+                })?,
             };
             views.push(VersionedView {
                 account_id,
@@ -87,29 +97,5 @@ impl Store {
             });
         }
         Ok(views)
-    }
-
-    /// The view after `version` of an account, folded from its events (for
-    /// events that do not carry one).
-    pub(crate) async fn folded_view(
-        &self,
-        account_id: Uuid,
-        version: i64,
-    ) -> Result<AccountView, StoreError> {
-        let events = self.account_events(account_id).await?;
-        let upto: Vec<(&Event, chrono::DateTime<chrono::Utc>)> = events
-            .iter()
-            .take_while(|e| e.version <= version)
-            .map(|e| (&e.event, e.occurred_at))
-            .collect();
-        let at = upto
-            .last()
-            .map(|(_, at)| *at)
-            .ok_or_else(|| StoreError::Corrupt(format!("account {account_id} has no events")))?;
-        Account::fold(account_id, upto)
-            .map_err(|e| StoreError::Corrupt(format!("account {account_id} does not fold: {e}")))?
-            .ok_or_else(|| StoreError::Corrupt(format!("account {account_id} was never created")))?
-            .view(at)
-            .map_err(|e| StoreError::Corrupt(format!("account {account_id}: {e}")))
     }
 }

@@ -85,6 +85,8 @@ pub(crate) struct Shared {
     pub rates: Arc<RateTable>,
     pub clock: Clock,
     pub routes: Arc<Routes>,
+    /// Every how many versions an event keeps the account view after it.
+    pub view_every: i64,
 }
 
 fn nonzero(n: usize) -> NonZeroUsize {

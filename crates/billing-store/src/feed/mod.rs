@@ -394,11 +394,21 @@ impl Store {
             let client = self.pool.get().await?;
             batch.previous = previous::available_before(&**client, &batch.events).await?;
         }
-        // An event without a stored view (written before migration 0003)
-        // gets one folded from its account's events.
-        for (at, account_id, version) in std::mem::take(&mut batch.missing_views).into_iter().rev()
-        {
-            let view = self.folded_view(account_id, version).await?;
+        // An event that keeps no view (`views.rs`) gets the one folded from
+        // the view before it.
+        if matches!(read, FeedRead::Events | FeedRead::EventsWithPrevious) {
+            self.fold_views(&mut batch.events).await?;
+        }
+        let missing = std::mem::take(&mut batch.missing_views);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let wanted: Vec<(Uuid, i64)> = missing.iter().map(|m| (m.1, m.2)).collect();
+        let mut folded = self.views_at(&wanted).await?;
+        for (at, account_id, version) in missing.into_iter().rev() {
+            let view = folded.remove(&(account_id, version)).ok_or_else(|| {
+                StoreError::Corrupt(format!("account {account_id} has no version {version}"))
+            })?;
             batch.views.insert(
                 at,
                 VersionedView {
@@ -411,12 +421,19 @@ impl Store {
         Ok(())
     }
 
-    /// Every event of one account, oldest first.
+    /// Every event of one account, oldest first, each with the view after
+    /// it.
     pub async fn account_events(&self, account_id: Uuid) -> Result<Vec<StoredEvent>, StoreError> {
         let client = self.pool.get().await?;
         let sql = format!("SELECT {COLUMNS} FROM events WHERE account_id = $1 ORDER BY version");
         let rows = client.query(&sql, &[&account_id]).await?;
-        rows.iter().map(StoredEvent::from_row).collect()
+        drop(client);
+        let mut events = rows
+            .iter()
+            .map(StoredEvent::from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.fold_views(&mut events).await?;
+        Ok(events)
     }
 }
 

@@ -85,6 +85,7 @@ impl Writer {
             loaded,
             now,
             &self.shared.rates,
+            self.shared.view_every,
         );
         let Decided {
             answers,

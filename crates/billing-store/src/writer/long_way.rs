@@ -15,7 +15,7 @@ use crate::batch::{self, Answer, Decided, Loaded, StoredKey};
 use crate::observe;
 use crate::outcome::outcome_from;
 use crate::pipeline::{Failed, Step, query, write};
-use crate::reservation::reservation_from_row;
+use crate::reservation::{folded_views, joined_view, reservation_from_row};
 
 impl Writer {
     /// Runs `jobs` the long way, retrying lost races; an answer per job.
@@ -145,9 +145,12 @@ impl Writer {
             account_rows = next()?;
         }
         if !keys.is_empty() {
-            for row in next()? {
+            let rows = next()?;
+            let folded = folded_views(client, &rows, 4).await?;
+            for row in rows {
                 let key: String = row.try_get(0)?;
-                let outcome = outcome_from(row.try_get(3)?, row.try_get(4)?, &key)?;
+                let account = joined_view(&row, 4, &folded)?;
+                let outcome = outcome_from(row.try_get(3)?, account, &key)?;
                 loaded.keys.insert(
                     key,
                     StoredKey {
@@ -159,8 +162,10 @@ impl Writer {
             }
         }
         if !reservation_ids.is_empty() {
-            for row in next()? {
-                let (id, reservation) = reservation_from_row(&row)?;
+            let rows = next()?;
+            let folded = folded_views(client, &rows, 5).await?;
+            for row in rows {
+                let (id, reservation) = reservation_from_row(&row, &folded)?;
                 loaded.reservations.insert(id, reservation);
             }
         }
@@ -202,8 +207,9 @@ impl Writer {
                 vec![&missing],
             )
             .await?;
+            let folded = folded_views(&connection.client, &rows, 5).await?;
             for row in rows {
-                let (id, reservation) = reservation_from_row(&row)?;
+                let (id, reservation) = reservation_from_row(&row, &folded)?;
                 loaded.reservations.insert(id, reservation);
             }
         }
@@ -213,6 +219,7 @@ impl Writer {
             loaded,
             now,
             &self.shared.rates,
+            self.shared.view_every,
         );
         write(connection, &decided.writes, None)
             .instrument(observe::write_span(false, decided.writes.events.len()))

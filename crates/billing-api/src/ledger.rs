@@ -84,6 +84,12 @@ pub async fn balance(
     }))
 }
 
+/// The most entries `ListTransactions` skips by offset. Skipping reads every
+/// skipped entry, so an offset costs in proportion to its depth; a page
+/// token costs the same at any depth. Bounded, an offset page costs at most
+/// what reading 10,000 entries does.
+pub const MAX_OFFSET: i32 = 10_000;
+
 pub async fn transactions(
     api: &BillingApi,
     request: Request<pb::ListTransactionsRequest>,
@@ -96,6 +102,12 @@ pub async fn transactions(
     let limit = validate::page_size("limit", r.limit)?;
     if r.offset < 0 {
         return Err(invalid("offset", "must not be negative"));
+    }
+    if r.offset > MAX_OFFSET {
+        return Err(invalid(
+            "offset",
+            "must be at most 10000: page deeper with page_token (a keyset cursor, the same cost at any depth)",
+        ));
     }
     if r.min_version < 0 {
         return Err(invalid("min_version", "must not be negative"));

@@ -197,6 +197,13 @@ async fn pages_default_to_50_cap_at_100_skip_offsets_and_filter_by_reference_typ
 
     let err = client.list_transactions(page(-1, 0)).await.unwrap_err();
     assert_status(&err, Code::InvalidArgument, "INVALID_ARGUMENT");
+    // Offsets are bounded (a page token pages at any depth): the deepest
+    // allowed skips, one more is refused.
+    let deepest = client.list_transactions(page(5, 10_000)).await.unwrap();
+    assert!(deepest.into_inner().transactions.is_empty());
+    let err = client.list_transactions(page(5, 10_001)).await.unwrap_err();
+    assert_status(&err, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert!(err.message().contains("page_token"), "{}", err.message());
     let bad_token = pb::ListTransactionsRequest {
         page_token: "garbage".into(),
         ..page(0, 0)

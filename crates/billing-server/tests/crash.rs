@@ -225,7 +225,9 @@ async fn a_killed_projector_resumes_without_applying_anything_twice() {
             "token grant + 150 top-ups, each once"
         );
         assert_eq!(row.get::<_, i64>(1), 150 * 1_000);
-        let (projected, _) = app.store.read_model_account(id).await.unwrap().unwrap();
+        let (projected, _) = billing_testkit::rows::read_model_account(&client, id)
+            .await
+            .unwrap();
         let events = app.store.account_events(id).await.unwrap();
         let folded =
             billing_domain::Account::fold(id, events.iter().map(|e| (&e.event, e.occurred_at)))

@@ -252,7 +252,9 @@ async fn projectors(processes: usize) {
     assert_eq!(behind, 0, "every account at its last event");
     for id in &accounts {
         let id: uuid::Uuid = id.parse().unwrap();
-        let (projected, _) = app.store.read_model_account(id).await.unwrap().unwrap();
+        let (projected, _) = billing_testkit::rows::read_model_account(&client, id)
+            .await
+            .unwrap();
         let events = app.store.account_events(id).await.unwrap();
         let folded =
             billing_domain::Account::fold(id, events.iter().map(|e| (&e.event, e.occurred_at)))

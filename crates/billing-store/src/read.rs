@@ -1,7 +1,6 @@
 //! Strongly consistent reads of the command side's state.
 
-use billing_domain::{Account, Hold, ReservationStatus, ReservationView};
-use serde_json::Value;
+use billing_domain::{Account, Hold};
 use uuid::Uuid;
 
 use crate::{Store, StoreError};
@@ -46,33 +45,6 @@ impl Store {
             )
             .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
-    }
-
-    /// A reservation as stored (its status as recorded; a live hold past its
-    /// expiry reads as expired).
-    pub async fn reservation(&self, id: &str) -> Result<Option<ReservationView>, StoreError> {
-        let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
-                "SELECT r.hold, r.status, coalesce(r.resolved_version, a.version)
-                 FROM reservations r JOIN accounts a USING (account_id)
-                 WHERE r.reservation_id = $1",
-                &[&id],
-            )
-            .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let hold: Hold =
-            serde_json::from_value::<Value>(row.get(0)).and_then(serde_json::from_value)?;
-        let status: &str = row.get(1);
-        let mut status: ReservationStatus = status
-            .parse()
-            .map_err(|_| StoreError::Corrupt(format!("reservation status `{status}`")))?;
-        if status == ReservationStatus::Active && !hold.is_live(self.now()) {
-            status = ReservationStatus::Expired;
-        }
-        Ok(Some(hold.view(status, row.get(2))))
     }
 
     /// Accounts with something time has made due (an expired hold or a

@@ -71,7 +71,9 @@ async fn assert_consistent(store: &Store, db: &TestDb, accounts: &[Uuid]) {
             .unwrap()
             .unwrap();
         folded.holds.clear();
-        let (projected, balances) = store.read_model_account(id).await.unwrap().unwrap();
+        let (projected, balances) = billing_testkit::rows::read_model_account(&client, id)
+            .await
+            .unwrap();
         assert_eq!(projected, folded, "read model == fresh fold");
         let command_side = store.account(id).await.unwrap().unwrap();
         assert_eq!(projected.balance_credit, command_side.balance_credit);

@@ -316,25 +316,6 @@ impl Store {
         Ok(total)
     }
 
-    /// The read model's folded account (without holds) and the balances of
-    /// its last projected event.
-    pub async fn read_model_account(
-        &self,
-        account_id: Uuid,
-    ) -> Result<Option<(Account, Balances)>, StoreError> {
-        let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
-                "SELECT state, balance_credit, balance_token, reserved_credit, reserved_token,
-                        available_credit, available_token
-                 FROM rm_accounts WHERE account_id = $1",
-                &[&account_id],
-            )
-            .await?;
-        row.map(|r| Ok((serde_json::from_value(r.get(0))?, balances(&r, 1))))
-            .transpose()
-    }
-
     /// The version the read models have reached for one account (0 if none).
     pub async fn projected_version(&self, account_id: Uuid) -> Result<i64, StoreError> {
         let client = self.pool.get().await?;

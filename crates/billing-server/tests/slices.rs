@@ -291,7 +291,10 @@ async fn projectors(processes: usize) {
         ACCOUNTS * (TOP_UPS + 1),
         "a token grant and every top-up, each once"
     );
-    app.store.rebuild_read_models(1_000).await.unwrap();
+    app.store
+        .rebuild_read_models_with(1_000, |_| {})
+        .await
+        .unwrap();
     assert_eq!(ledger(app.db.client().await).await, projected);
 }
 

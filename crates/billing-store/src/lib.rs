@@ -268,12 +268,6 @@ impl Store {
         migrate(&mut client).await
     }
 
-    /// Checks that the database answers.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        self.pool.get().await?.simple_query("SELECT 1").await?;
-        Ok(())
-    }
-
     /// A health probe on a connection of its own (see [`DatabaseProbe`]).
     pub fn database_probe(&self) -> DatabaseProbe {
         DatabaseProbe::new(self.connector.clone())

@@ -37,7 +37,7 @@ pub struct Removed {
 impl Store {
     /// Removes up to `limit` idempotency records created before `before`,
     /// oldest first, in one statement. How many it removed.
-    pub async fn remove_idempotency_records(
+    async fn remove_idempotency_records(
         &self,
         before: DateTime<Utc>,
         limit: i64,
@@ -59,7 +59,7 @@ impl Store {
     /// Removes up to `limit` reservations resolved (committed, released or
     /// expired) before `before`, oldest first, in one statement. Live holds
     /// are never removed, whatever their age. How many it removed.
-    pub async fn remove_resolved_reservations(
+    async fn remove_resolved_reservations(
         &self,
         before: DateTime<Utc>,
         limit: i64,

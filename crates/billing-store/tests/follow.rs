@@ -266,7 +266,7 @@ async fn a_rebuild_beside_a_live_projector_leaves_the_tables_a_rebuild_makes() {
     };
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        store.rebuild_read_models(25).await.unwrap();
+        store.rebuild_read_models_with(25, |_| {}).await.unwrap();
     }
     writing.await.unwrap();
     let deadline = tokio::time::Instant::now() + SOON;
@@ -281,6 +281,6 @@ async fn a_rebuild_beside_a_live_projector_leaves_the_tables_a_rebuild_makes() {
     assert!(live.len() >= 4 + 4 * 30, "every account and top-up");
     stop.send(true).unwrap();
     projector.await.unwrap();
-    store.rebuild_read_models(1_000).await.unwrap();
+    store.rebuild_read_models_with(1_000, |_| {}).await.unwrap();
     assert_eq!(dump(&db).await, live, "what a rebuild alone makes");
 }

@@ -181,7 +181,7 @@ proptest! {
             catch_up(&store).await;
             assert_consistent(&store, &db, &accounts).await;
             let live = dump(&db).await;
-            store.rebuild_read_models(50).await.unwrap();
+            store.rebuild_read_models_with(50, |_| {}).await.unwrap();
             assert_eq!(dump(&db).await, live, "a rebuild produces identical tables");
         });
     }
@@ -336,7 +336,7 @@ async fn two_projector_replicas_produce_the_same_tables_as_one() {
     );
     assert_consistent(&store, &db, &accounts).await;
     let live = dump(&db).await;
-    store.rebuild_read_models(1_000).await.unwrap();
+    store.rebuild_read_models_with(1_000, |_| {}).await.unwrap();
     assert_eq!(
         dump(&db).await,
         live,

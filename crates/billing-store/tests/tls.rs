@@ -229,11 +229,12 @@ async fn encrypted(url: &str) -> bool {
         .get(0)
 }
 
-/// The error a store over `url` meets on its first use.
+/// The error a store over `url` meets on its first use (migrating, as the
+/// service's first, on a connection of the pool).
 async fn refusal(url: &str) -> String {
     let store = Store::connect(url, 1, RateTable::default()).unwrap();
     // With its causes, as the service's logs (anyhow) show it.
-    let error = connect::describe(&store.ping().await.unwrap_err());
+    let error = connect::describe(&store.migrate().await.unwrap_err());
     assert!(
         !error.contains(PASSWORD),
         "an error shows the password: {error}"
@@ -324,7 +325,7 @@ async fn every_sslmode_against_servers_that_accept_tls_only() {
     let verify_ca = other_host.url("localhost", &format!("sslmode=verify-ca&sslrootcert={ca}"));
     Store::connect(&verify_ca, 1, RateTable::default())
         .unwrap()
-        .ping()
+        .migrate()
         .await
         .unwrap();
     assert!(encrypted(&verify_ca).await);
@@ -345,7 +346,7 @@ async fn every_sslmode_against_servers_that_accept_tls_only() {
         ] {
             Store::connect(&url, 1, RateTable::default())
                 .unwrap()
-                .ping()
+                .migrate()
                 .await
                 .unwrap();
             assert!(encrypted(&url).await);

@@ -31,7 +31,7 @@ impl Store {
 
     /// Takes the exclusive lease on slice `slice` of checkpoint `name` (its
     /// row `{name}/{index}`), or `None` while another process holds it.
-    pub async fn acquire_slice_lease(
+    pub(crate) async fn acquire_slice_lease(
         &self,
         name: &str,
         slice: Slice,

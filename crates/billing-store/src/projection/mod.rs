@@ -248,16 +248,12 @@ impl Store {
         self.project(&batch).await.map(Some)
     }
 
-    /// Deletes the read models and projects every event again, in one
-    /// transaction: readers see the old tables until it commits. It holds
-    /// the checkpoint's row throughout: the live projector's batches fail
+    /// Deletes the read models and projects every event again, `batch`
+    /// events at a time, in one transaction, calling `progress` after every
+    /// batch: readers see the old tables until it commits. It holds the
+    /// checkpoint's row throughout: the live projector's batches fail
     /// meanwhile and are tried again, until one finds the checkpoint moved
     /// and carries on from there.
-    pub async fn rebuild_read_models(&self, batch: i64) -> Result<BatchReport, StoreError> {
-        self.rebuild_read_models_with(batch, |_| {}).await
-    }
-
-    /// [`Self::rebuild_read_models`], calling `progress` after every batch.
     pub async fn rebuild_read_models_with(
         &self,
         batch: i64,

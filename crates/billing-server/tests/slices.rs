@@ -193,7 +193,7 @@ async fn readers_come_and_go(
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let lag = app.store.feed_lag(checkpoint).await.unwrap();
+        let lag = app.store.feed().feed_lag(checkpoint).await.unwrap();
         if lag.events == 0 {
             break;
         }
@@ -255,7 +255,7 @@ async fn projectors(processes: usize) {
         let (projected, _) = billing_testkit::rows::read_model_account(&client, id)
             .await
             .unwrap();
-        let events = app.store.account_events(id).await.unwrap();
+        let events = app.store.feed().account_events(id).await.unwrap();
         let folded =
             billing_domain::Account::fold(id, events.iter().map(|e| (&e.event, e.occurred_at)))
                 .unwrap()
@@ -292,6 +292,7 @@ async fn projectors(processes: usize) {
         "a token grant and every top-up, each once"
     );
     app.store
+        .read_models()
         .rebuild_read_models_with(1_000, |_| {})
         .await
         .unwrap();

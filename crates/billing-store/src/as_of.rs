@@ -32,7 +32,7 @@ use billing_domain::{Account, AccountView, Balances, Micros, Overflow, Tokens};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 
-use crate::{Store, StoreError};
+use crate::{Accounts, StoreError};
 
 /// The last event at or before `$2` of account `$1` (binary search over
 /// versions), its view and recorded balances, and what holds live after it
@@ -80,7 +80,7 @@ SELECT e.version, e.account_after,
        (SELECT coalesce(sum(token) FILTER (WHERE expires_at <= $2), 0)::bigint FROM expired)
 FROM found JOIN events e ON e.account_id = $1 AND e.version = found.version";
 
-impl Store {
+impl Accounts<'_> {
     /// Account `current.id` as it stood at `at`: the view after its last
     /// event at or before `at`, with what time had made due by `at` applied
     /// (module comment). `None` before the account existed. `current` (the
@@ -88,11 +88,11 @@ impl Store {
     /// (migration 0003), which have balances alone: their settings are
     /// today's.
     pub async fn account_as_of(
-        &self,
+        self,
         current: &Account,
         at: DateTime<Utc>,
     ) -> Result<Option<AccountView>, StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.store.pool.get().await?;
         // Prepared once per pooled connection: planning the search costs
         // more than running it.
         let statement = client.prepare_cached(AS_OF).await?;

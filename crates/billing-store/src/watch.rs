@@ -1,15 +1,16 @@
 //! The reads behind live account views (`WatchAccount`): a light page of the
 //! feed carrying the account view after each event (read only for the
 //! accounts someone watches; the feed module's one query, see
-//! [`FeedRead::Views`]), and one account's views after a version, to catch a
-//! watcher up from the log.
+//! [`FeedRead::Views`]: [`Feed::read_views`]), and one account's views after
+//! a version, to catch a watcher up from the log
+//! ([`Accounts::account_views`]).
 
 use billing_domain::{Account, AccountView, Event};
 use tokio_postgres::types::Json;
 use uuid::Uuid;
 
 use crate::feed::{Cursor, FeedRead};
-use crate::{Store, StoreError};
+use crate::{Accounts, Feed, StoreError};
 
 /// An account's view after one of its events.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,7 +31,7 @@ pub struct ViewPage {
     pub events: usize,
 }
 
-impl Store {
+impl Feed<'_> {
     /// Up to `limit` events after `after`, in feed order and by the feed's
     /// rule (the one feed query: only finished transactions, so nothing is
     /// skipped), keeping the view after each event only for accounts
@@ -38,7 +39,7 @@ impl Store {
     /// without a stored view (written before migration 0003) gets one folded
     /// from its account's events.
     pub async fn read_views(
-        &self,
+        self,
         after: Cursor,
         limit: i64,
         wanted: impl Fn(Uuid) -> bool,
@@ -53,46 +54,10 @@ impl Store {
         })
     }
 
-    /// Account `account_id`'s views after each of its events past
-    /// `after_version`, oldest first, at most `limit` of them.
-    pub async fn account_views(
-        &self,
-        account_id: Uuid,
-        after_version: i64,
-        limit: i64,
-    ) -> Result<Vec<VersionedView>, StoreError> {
-        let rows = {
-            let client = self.pool.get().await?;
-            client
-                .query(
-                    "SELECT version, account_after FROM events
-                     WHERE account_id = $1 AND version > $2
-                     ORDER BY version
-                     LIMIT $3",
-                    &[&account_id, &after_version, &limit],
-                )
-                .await?
-        };
-        let mut views = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let version: i64 = row.get(0);
-            let view = match row.try_get::<_, Option<Json<AccountView>>>(1)? {
-                Some(Json(view)) => view,
-                None => self.folded_view(account_id, version).await?,
-            };
-            views.push(VersionedView {
-                account_id,
-                version,
-                view,
-            });
-        }
-        Ok(views)
-    }
-
     /// The view after `version` of an account, folded from its events (for
     /// events that do not carry one).
     pub(crate) async fn folded_view(
-        &self,
+        self,
         account_id: Uuid,
         version: i64,
     ) -> Result<AccountView, StoreError> {
@@ -111,5 +76,43 @@ impl Store {
             .ok_or_else(|| StoreError::Corrupt(format!("account {account_id} was never created")))?
             .view(at)
             .map_err(|e| StoreError::Corrupt(format!("account {account_id}: {e}")))
+    }
+}
+
+impl Accounts<'_> {
+    /// Account `account_id`'s views after each of its events past
+    /// `after_version`, oldest first, at most `limit` of them.
+    pub async fn account_views(
+        self,
+        account_id: Uuid,
+        after_version: i64,
+        limit: i64,
+    ) -> Result<Vec<VersionedView>, StoreError> {
+        let rows = {
+            let client = self.store.pool.get().await?;
+            client
+                .query(
+                    "SELECT version, account_after FROM events
+                     WHERE account_id = $1 AND version > $2
+                     ORDER BY version
+                     LIMIT $3",
+                    &[&account_id, &after_version, &limit],
+                )
+                .await?
+        };
+        let mut views = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let version: i64 = row.get(0);
+            let view = match row.try_get::<_, Option<Json<AccountView>>>(1)? {
+                Some(Json(view)) => view,
+                None => self.store.feed().folded_view(account_id, version).await?,
+            };
+            views.push(VersionedView {
+                account_id,
+                version,
+                view,
+            });
+        }
+        Ok(views)
     }
 }

@@ -264,16 +264,18 @@ async fn every_sslmode_against_servers_that_accept_tls_only() {
     store.migrate().await.unwrap();
     let id = Uuid::new_v4();
     store
+        .commands()
         .create_account(id, &meta(), &new_account(billing_domain::PlanType::Free))
         .await
         .unwrap()
         .unwrap();
     store
+        .commands()
         .execute(id, &meta(), &add(5_000))
         .await
         .unwrap()
         .unwrap();
-    let account = store.account(id).await.unwrap().unwrap();
+    let account = store.accounts().account(id).await.unwrap().unwrap();
     assert_eq!(account.balance_credit.0, 5_000);
     assert!(encrypted(&url).await, "the session is not encrypted");
     // The other connections of their own: probe, feed lease.
@@ -282,7 +284,14 @@ async fn every_sslmode_against_servers_that_accept_tls_only() {
         .check(std::time::Duration::from_secs(10))
         .await
         .unwrap();
-    assert!(store.acquire_lease("tls-test").await.unwrap().is_some());
+    assert!(
+        store
+            .feed()
+            .acquire_lease("tls-test")
+            .await
+            .unwrap()
+            .is_some()
+    );
     // The IP address is in the certificate too.
     let by_ip = server.url(
         "127.0.0.1",

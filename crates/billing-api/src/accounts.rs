@@ -49,7 +49,7 @@ pub async fn create(
         payment_method: text("payment_method", Text::Line, &r.payment_method)?,
     };
     let id = Uuid::new_v4();
-    let outcome = settle(api.store.create_account(id, &meta, &cmd).await)?;
+    let outcome = settle(api.store.commands().create_account(id, &meta, &cmd).await)?;
     let reply = account_reply(outcome)?;
     tracing::Span::current().record("account_id", reply.id.as_str());
     Ok(Response::new(reply))
@@ -64,6 +64,7 @@ pub async fn get(
         // A customer admin's own account, resolved from the token.
         ("", Some(customer)) => *api
             .store
+            .accounts()
             .accounts_of_customer(customer)
             .await
             .map_err(|e| store_failed(&e))?
@@ -72,7 +73,12 @@ pub async fn get(
         (raw, _) => validate::uuid("id", raw)?,
     };
     record_account(id);
-    let account = api.store.account(id).await.map_err(|e| store_failed(&e))?;
+    let account = api
+        .store
+        .accounts()
+        .account(id)
+        .await
+        .map_err(|e| store_failed(&e))?;
     ensure_access(
         &principal,
         "GetBillingAccount",
@@ -120,7 +126,12 @@ pub async fn update(
         payment_type: optional_text("payment_type", Text::Line, r.payment_type.as_deref())?,
         payment_method: optional_text("payment_method", Text::Line, r.payment_method.as_deref())?,
     };
-    let outcome = settle(api.store.execute(id, &meta, &Command::Update(patch)).await)?;
+    let outcome = settle(
+        api.store
+            .commands()
+            .execute(id, &meta, &Command::Update(patch))
+            .await,
+    )?;
     Ok(Response::new(account_reply(outcome)?))
 }
 
@@ -212,7 +223,12 @@ async fn move_balance(
             .expires_at
             .and_then(|t| DateTime::from_timestamp_micros(t.timestamp_micros())),
     };
-    account_reply(settle(api.store.execute(id, meta, &command(change)).await)?)
+    account_reply(settle(
+        api.store
+            .commands()
+            .execute(id, meta, &command(change))
+            .await,
+    )?)
 }
 
 pub async fn list(
@@ -229,6 +245,7 @@ pub async fn list(
     };
     let mut accounts = api
         .store
+        .read_models()
         .list_accounts(customer, after, size + 1)
         .await
         .map_err(|e| store_failed(&e))?;

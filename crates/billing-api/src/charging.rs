@@ -82,7 +82,7 @@ pub async fn reserve(
         allow_partial: r.allow_partial,
         ttl_seconds: r.ttl_seconds,
     });
-    reservation_reply(settle(api.store.execute(id, &meta, &cmd).await)?)
+    reservation_reply(settle(api.store.commands().execute(id, &meta, &cmd).await)?)
 }
 
 pub async fn extend(
@@ -97,7 +97,12 @@ pub async fn extend(
         additional_units: number("additional_units", Number::Count, r.additional_units)?,
         allow_partial: r.allow_partial,
     });
-    reservation_reply(settle(api.store.execute_on_reservation(&meta, &cmd).await)?)
+    reservation_reply(settle(
+        api.store
+            .commands()
+            .execute_on_reservation(&meta, &cmd)
+            .await,
+    )?)
 }
 
 pub async fn commit(
@@ -118,7 +123,12 @@ pub async fn commit(
         used_duration_ms: number("used_duration_ms", Number::DurationMs, r.used_duration_ms)?,
         used_quantity: number("used_quantity", Number::Count, r.used_quantity)?,
     });
-    match settle(api.store.execute_on_reservation(&meta, &cmd).await)? {
+    match settle(
+        api.store
+            .commands()
+            .execute_on_reservation(&meta, &cmd)
+            .await,
+    )? {
         Outcome::Commit(c) => Ok(Response::new(convert::commit(&c))),
         other => Err(unexpected(&other)),
     }
@@ -132,7 +142,12 @@ pub async fn release(
     let cmd = Command::Release {
         reservation_id: reservation_id(&request.get_ref().reservation_id)?,
     };
-    reservation_reply(settle(api.store.execute_on_reservation(&meta, &cmd).await)?)
+    reservation_reply(settle(
+        api.store
+            .commands()
+            .execute_on_reservation(&meta, &cmd)
+            .await,
+    )?)
 }
 
 pub async fn debit(
@@ -158,7 +173,7 @@ pub async fn debit(
         )?,
         reference_id: text("reference_id", Text::Key, &r.reference_id)?,
     });
-    match settle(api.store.execute(id, &meta, &cmd).await)? {
+    match settle(api.store.commands().execute(id, &meta, &cmd).await)? {
         Outcome::Charge(c) => Ok(Response::new(pb::DebitResponse {
             billable_units: c.billable_units,
             charged_token: c.charged_token.get(),

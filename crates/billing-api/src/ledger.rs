@@ -28,7 +28,12 @@ pub async fn balance(
         code => Some(validate::currency("currency", code)?),
     };
     let as_of = validate::time("as_of", r.as_of.as_ref())?;
-    let account = api.store.account(id).await.map_err(|e| store_failed(&e))?;
+    let account = api
+        .store
+        .accounts()
+        .account(id)
+        .await
+        .map_err(|e| store_failed(&e))?;
     ensure_access(
         &principal(&request)?,
         "GetBalance",
@@ -57,6 +62,7 @@ pub async fn balance(
         Some(at) => {
             let view = api
                 .store
+                .accounts()
                 .account_as_of(&account, at)
                 .await
                 .map_err(|e| store_failed(&e))?
@@ -126,13 +132,19 @@ pub async fn transactions(
     };
     let projected = api
         .store
+        .read_models()
         .projected_version(id)
         .await
         .map_err(|e| store_failed(&e))?;
     // The command side decides whether the account exists, whether the
     // caller may read it, and whether `min_version` can ever be reached.
     if principal.role == Role::CustomerAdmin || projected == 0 || projected < r.min_version {
-        let account = api.store.account(id).await.map_err(|e| store_failed(&e))?;
+        let account = api
+            .store
+            .accounts()
+            .account(id)
+            .await
+            .map_err(|e| store_failed(&e))?;
         ensure_access(
             &principal,
             "ListTransactions",
@@ -149,6 +161,7 @@ pub async fn transactions(
     }
     let mut entries = api
         .store
+        .read_models()
         .ledger(&query)
         .await
         .map_err(|e| store_failed(&e))?;
@@ -172,6 +185,7 @@ async fn await_projection(api: &BillingApi, id: Uuid, min_version: i64) -> Resul
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         let projected = api
             .store
+            .read_models()
             .projected_version(id)
             .await
             .map_err(|e| store_failed(&e))?;

@@ -39,7 +39,12 @@ pub async fn named_account<M>(
     }
     let id = crate::validate::uuid("account_id", account_id)?;
     record_account(id);
-    let account = api.store.account(id).await.map_err(|e| store_failed(&e))?;
+    let account = api
+        .store
+        .accounts()
+        .account(id)
+        .await
+        .map_err(|e| store_failed(&e))?;
     ensure_access(
         &principal(request)?,
         rpc,

@@ -305,6 +305,7 @@ impl Watcher {
         let account_id = self.subscription.account_id;
         let views = match self
             .store
+            .accounts()
             .account_views(account_id, self.last, CATCH_UP_PAGE)
             .await
         {
@@ -351,7 +352,12 @@ pub async fn watch_account(
     // Subscribe first, then read where the account stands: see the module
     // comment for why nothing falls between the two.
     let subscription = api.watchers.subscribe(id).await?;
-    let account = api.store.account(id).await.map_err(|e| store_failed(&e))?;
+    let account = api
+        .store
+        .accounts()
+        .account(id)
+        .await
+        .map_err(|e| store_failed(&e))?;
     ensure_access(
         &principal,
         "WatchAccount",

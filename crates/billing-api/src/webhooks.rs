@@ -136,7 +136,12 @@ async fn owned_webhook(
     raw: &str,
 ) -> Result<Webhook, Status> {
     let id = validate::uuid(field, raw)?;
-    let webhook = api.store.webhook(id).await.map_err(|e| store_failed(&e))?;
+    let webhook = api
+        .store
+        .webhooks()
+        .webhook(id)
+        .await
+        .map_err(|e| store_failed(&e))?;
     ensure_owner(
         principal,
         rpc,
@@ -162,6 +167,7 @@ async fn ensure_accounts_of(
     }
     let found = api
         .store
+        .webhooks()
         .account_customers(accounts)
         .await
         .map_err(|e| store_failed(&e))?;
@@ -216,6 +222,7 @@ pub async fn create(
     .await?;
     let webhook = api
         .store
+        .webhooks()
         .create_webhook(&new)
         .await
         .map_err(|e| webhook_failed(&e))?;
@@ -261,6 +268,7 @@ pub async fn list(
     }
     let mut webhooks = api
         .store
+        .webhooks()
         .list_webhooks(customer, after, size + 1)
         .await
         .map_err(|e| store_failed(&e))?;
@@ -321,6 +329,7 @@ pub async fn update(
     }
     let updated = api
         .store
+        .webhooks()
         .update_webhook(id, &patch)
         .await
         .map_err(|e| store_failed(&e))?
@@ -347,6 +356,7 @@ pub async fn delete(
     .await?;
     let deleted = api
         .store
+        .webhooks()
         .delete_webhook(webhook.id)
         .await
         .map_err(|e| store_failed(&e))?;
@@ -368,6 +378,7 @@ pub async fn rotate_secret(
     let webhook = owned_webhook(api, &principal, "RotateWebhookSecret", "id", &r.id).await?;
     let rotated = api
         .store
+        .webhooks()
         .rotate_webhook_secret(webhook.id, overlap)
         .await
         .map_err(|e| store_failed(&e))?
@@ -401,6 +412,7 @@ pub async fn deliveries(
     .await?;
     let mut deliveries = api
         .store
+        .webhooks()
         .webhook_deliveries(webhook.id, status, before, size + 1)
         .await
         .map_err(|e| store_failed(&e))?;
@@ -424,6 +436,7 @@ pub async fn retry_delivery(
     let id = validate::uuid("delivery_id", &request.get_ref().delivery_id)?;
     let found = api
         .store
+        .webhooks()
         .webhook_delivery(id)
         .await
         .map_err(|e| store_failed(&e))?;
@@ -436,6 +449,7 @@ pub async fn retry_delivery(
     )?;
     let delivery = api
         .store
+        .webhooks()
         .retry_webhook_delivery(id)
         .await
         .map_err(|e| webhook_failed(&e))?;
@@ -462,6 +476,7 @@ pub async fn replay(
     .await?;
     let replay = api
         .store
+        .webhooks()
         .replay_webhook(webhook.id, since, MAX_REPLAY)
         .await
         .map_err(|e| webhook_failed(&e))?;

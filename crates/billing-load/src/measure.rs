@@ -266,7 +266,7 @@ pub async fn sample_lag(
     while Instant::now() < end {
         tick.tick().await;
         for (n, (_, checkpoint)) in readers.iter().enumerate() {
-            let lag = store.feed_lag(checkpoint).await?;
+            let lag = store.feed().feed_lag(checkpoint).await?;
             // Shifted by one: the histogram's floor is 1, and 0 means caught up.
             let events_behind = u64::try_from(lag.events).unwrap_or(0);
             let _ = events[n].record(events_behind.saturating_add(1).min(100_000_000));

@@ -61,7 +61,7 @@ impl Digests {
         if self.published.is_none() {
             // The first time: the newest digest when the process started
             // (sent now), and every one recorded since (sent below).
-            let newest = store.chain_digests_after(None).await?;
+            let newest = store.maintenance().chain_digests_after(None).await?;
             let mut published = self.started - chrono::Duration::microseconds(1);
             for digest in newest.iter().filter(|d| d.at < self.started) {
                 send(config, producer, digest).await?;
@@ -80,7 +80,7 @@ async fn publish_new(
     producer: &mut Option<FutureProducer>,
     published: &mut Option<DateTime<Utc>>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let digests = store.chain_digests_after(*published).await?;
+    let digests = store.maintenance().chain_digests_after(*published).await?;
     for digest in digests {
         send(config, producer, &digest).await?;
         *published = Some(digest.at);

@@ -16,7 +16,7 @@ pub async fn run(store: Store, interval: Duration, mut shutdown: watch::Receiver
             _ = shutdown.changed() => break,
             () = tokio::time::sleep(interval) => {}
         }
-        match store.record_chain_digest().await {
+        match store.maintenance().record_chain_digest().await {
             Ok(d) => tracing::info!(
                 digest = %to_hex(&d.digest),
                 accounts = d.accounts,

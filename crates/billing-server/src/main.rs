@@ -182,7 +182,7 @@ async fn main() -> anyhow::Result<()> {
             // The read models' lag at the top (as before), and every
             // feed reader's beside it.
             let store = connect(&db)?;
-            let lag = store.feed_lag(billing_store::READ_MODELS).await?;
+            let lag = store.feed().feed_lag(billing_store::READ_MODELS).await?;
             let mut readers = serde_json::Map::new();
             for checkpoint in [
                 billing_store::READ_MODELS,
@@ -190,9 +190,9 @@ async fn main() -> anyhow::Result<()> {
                 billing_webhooks::CHECKPOINT,
             ] {
                 // Every slice counts; each slice's lag beside the total.
-                let lag = store.feed_lag(checkpoint).await?;
+                let lag = store.feed().feed_lag(checkpoint).await?;
                 let slices: serde_json::Map<_, _> = store
-                    .feed_lag_slices(checkpoint)
+                    .feed().feed_lag_slices(checkpoint)
                     .await?
                     .into_iter()
                     .map(|(slice, lag)| {

@@ -252,7 +252,9 @@ impl Scrape {
             .lags
             .iter()
             .map(|&(checkpoint, events, seconds)| async move {
-                match tokio::time::timeout(LAG_TIMEOUT, self.store.feed_lag(checkpoint)).await {
+                match tokio::time::timeout(LAG_TIMEOUT, self.store.feed().feed_lag(checkpoint))
+                    .await
+                {
                     Ok(Ok(lag)) => {
                         metrics::gauge!(events).set(lag.events as f64);
                         metrics::gauge!(seconds).set(lag.seconds);

@@ -66,6 +66,7 @@ impl FeedHandler for Projector {
     async fn handle(&mut self, batch: &FeedBatch) -> Result<(), Self::Error> {
         let report = self
             .store
+            .read_models()
             .project(batch)
             .instrument(apply_span(&batch.events))
             .await?;
@@ -120,7 +121,7 @@ fn apply_span(events: &[StoredEvent]) -> tracing::Span {
 }
 
 async fn report_lag(store: &Store) {
-    match store.feed_lag(READ_MODELS).await {
+    match store.feed().feed_lag(READ_MODELS).await {
         Ok(lag) => tracing::info!(
             lag_events = lag.events,
             lag_seconds = lag.seconds,

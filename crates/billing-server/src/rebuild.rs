@@ -17,6 +17,7 @@ pub async fn run(store: &Store) -> anyhow::Result<()> {
     let terminal = std::io::stderr().is_terminal();
     let mut last = started;
     let report = store
+        .read_models()
         .rebuild_read_models_with(BATCH, |progress| {
             let now = Instant::now();
             let every = if terminal {

@@ -26,7 +26,11 @@ pub async fn run(store: Store, interval: Duration, mut shutdown: watch::Receiver
             _ = shutdown.changed() => break,
             () = tokio::time::sleep(interval) => {}
         }
-        let due = match store.accounts_due_for_housekeeping(BATCH).await {
+        let due = match store
+            .maintenance()
+            .accounts_due_for_housekeeping(BATCH)
+            .await
+        {
             Ok(due) => due,
             Err(error) => {
                 tracing::warn!(%error, "sweeper: cannot list due accounts");
@@ -37,7 +41,11 @@ pub async fn run(store: Store, interval: Duration, mut shutdown: watch::Receiver
         let sweeps = due.into_iter().map(|account_id| {
             let (store, meta) = (&store, &meta);
             async move {
-                let outcome = match store.execute(account_id, meta, &Command::Housekeep).await {
+                let outcome = match store
+                    .commands()
+                    .execute(account_id, meta, &Command::Housekeep)
+                    .await
+                {
                     Ok(Ok(_)) => {
                         tracing::debug!(%account_id, "sweeper: housekeeping recorded");
                         "recorded"
@@ -90,6 +98,7 @@ pub async fn retain(store: Store, retention: Retention, mut shutdown: watch::Rec
             () = tokio::time::sleep(wait) => {}
         }
         wait = match store
+            .maintenance()
             .remove_expired(retention.idempotency, retention.reservations, 1)
             .await
         {

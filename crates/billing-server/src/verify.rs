@@ -11,6 +11,7 @@ use uuid::Uuid;
 pub async fn run(store: &Store, account: Option<Uuid>) -> anyhow::Result<bool> {
     let terminal = std::io::stderr().is_terminal();
     let report = store
+        .maintenance()
         .verify_chains(account, |events| {
             if terminal {
                 eprint!("\rverifying: {events} events checked\x1b[K");
@@ -48,7 +49,7 @@ pub async fn run(store: &Store, account: Option<Uuid>) -> anyhow::Result<bool> {
         report.events
     );
     if account.is_none() {
-        let digest = store.chain_digest().await?;
+        let digest = store.maintenance().chain_digest().await?;
         println!(
             "chain heads digest {} over {} accounts and {} events at {}",
             to_hex(&digest.digest),

@@ -580,6 +580,7 @@ async fn forged_expired_and_malformed_tokens_are_unauthenticated_and_change_noth
     let account = app.account(1_000).await;
     let events_before = app
         .store
+        .feed()
         .account_events(account.id.parse().unwrap())
         .await
         .unwrap()
@@ -729,6 +730,7 @@ async fn forged_expired_and_malformed_tokens_are_unauthenticated_and_change_noth
 
     let events_after = app
         .store
+        .feed()
         .account_events(account.id.parse().unwrap())
         .await
         .unwrap()
@@ -758,6 +760,7 @@ async fn the_actor_is_recorded_on_events_and_ledger_entries() {
 
     let events = app
         .store
+        .feed()
         .account_events(account.id.parse().unwrap())
         .await
         .unwrap();

@@ -300,7 +300,7 @@ async fn an_expired_hold_stops_counting_at_once_and_the_sweeper_records_it() {
     let account_id = account.id.parse().unwrap();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let events = app.store.account_events(account_id).await.unwrap();
+        let events = app.store.feed().account_events(account_id).await.unwrap();
         if events.iter().any(|e| e.event_type == "reservation_expired") {
             let expired = events
                 .iter()
@@ -469,6 +469,7 @@ async fn twenty_concurrent_retries_of_one_debit_charge_once() {
     );
     let events = app
         .store
+        .feed()
         .account_events(account.id.parse().unwrap())
         .await
         .unwrap();

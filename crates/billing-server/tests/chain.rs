@@ -163,9 +163,9 @@ async fn an_edited_payload_and_a_deleted_event_are_named() {
 async fn a_rewritten_tail_still_fails_against_the_kept_head_and_the_digest_moves() {
     let app = TestApp::spawn().await;
     let account = history(&app).await;
-    let before = app.store.record_chain_digest().await.unwrap();
+    let before = app.store.maintenance().record_chain_digest().await.unwrap();
     assert_eq!(before, {
-        let again = app.store.chain_digest().await.unwrap();
+        let again = app.store.maintenance().chain_digest().await.unwrap();
         billing_store::ChainDigest {
             at: before.at,
             ..again
@@ -192,6 +192,6 @@ async fn a_rewritten_tail_still_fails_against_the_kept_head_and_the_digest_moves
     // Any new event moves the digest of the heads.
     let other = app.account(0).await;
     assert!(!other.id.is_empty());
-    let after = app.store.chain_digest().await.unwrap();
+    let after = app.store.maintenance().chain_digest().await.unwrap();
     assert_ne!(after.digest, before.digest);
 }

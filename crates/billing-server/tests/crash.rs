@@ -113,6 +113,7 @@ async fn no_acknowledged_change_is_lost_when_the_server_is_killed() {
     let store = billing_store::Store::connect(&db.url, 2, Default::default()).unwrap();
     let account_id = account.id.parse().unwrap();
     let recorded: BTreeSet<String> = store
+        .feed()
         .account_events(account_id)
         .await
         .unwrap()
@@ -134,7 +135,7 @@ async fn no_acknowledged_change_is_lost_when_the_server_is_killed() {
         .unwrap()
         .into_inner();
     assert_eq!(after.balance_credit, 1_000 * attempted.len() as i64);
-    let events = store.account_events(account_id).await.unwrap();
+    let events = store.feed().account_events(account_id).await.unwrap();
     let added = events
         .iter()
         .filter(|e| e.event_type == "balance_added")
@@ -195,6 +196,7 @@ async fn a_killed_projector_resumes_without_applying_anything_twice() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while app
         .store
+        .feed()
         .feed_lag(billing_store::READ_MODELS)
         .await
         .unwrap()
@@ -225,8 +227,10 @@ async fn a_killed_projector_resumes_without_applying_anything_twice() {
             "token grant + 150 top-ups, each once"
         );
         assert_eq!(row.get::<_, i64>(1), 150 * 1_000);
-        let (projected, _) = app.store.read_model_account(id).await.unwrap().unwrap();
-        let events = app.store.account_events(id).await.unwrap();
+        let (projected, _) = billing_testkit::rows::read_model_account(&client, id)
+            .await
+            .unwrap();
+        let events = app.store.feed().account_events(id).await.unwrap();
         let folded =
             billing_domain::Account::fold(id, events.iter().map(|e| (&e.event, e.occurred_at)))
                 .unwrap()

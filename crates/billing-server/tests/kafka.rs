@@ -338,6 +338,7 @@ async fn a_restarted_broker_is_published_to_again_within_seconds_of_its_return()
         let store = app.store.clone();
         async move {
             store
+                .feed()
                 .feed_lag(billing_publisher::CHECKPOINT)
                 .await
                 .unwrap()
@@ -594,9 +595,9 @@ async fn every_recorded_chain_digest_is_published_to_its_topic() {
         .await
     };
     let account = app.account(1_000_000).await;
-    let first = app.store.record_chain_digest().await.unwrap();
+    let first = app.store.maintenance().record_chain_digest().await.unwrap();
     app.add(&account.id, 5, 0).await;
-    let second = app.store.record_chain_digest().await.unwrap();
+    let second = app.store.maintenance().record_chain_digest().await.unwrap();
     assert_ne!(first.digest, second.digest);
 
     let hex = |d: &billing_store::ChainDigest| billing_store::chain::to_hex(&d.digest);

@@ -326,6 +326,7 @@ async fn sasl_scram_over_tls_delivers_and_wrong_credentials_hold_events_back_unt
         tokio::time::sleep(Duration::from_secs(2)).await;
         let lag = billing_store::Store::connect(&db.url, 1, Default::default())
             .unwrap()
+            .feed()
             .feed_lag(billing_publisher::CHECKPOINT)
             .await
             .unwrap();

@@ -444,7 +444,14 @@ async fn accounts_are_listed_a_page_at_a_time_and_by_customer() {
         let version = app.get(id).await.version;
         let account: uuid::Uuid = id.parse().unwrap();
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        while app.store.projected_version(account).await.unwrap() < version {
+        while app
+            .store
+            .read_models()
+            .projected_version(account)
+            .await
+            .unwrap()
+            < version
+        {
             assert!(tokio::time::Instant::now() < deadline, "{id} not projected");
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }

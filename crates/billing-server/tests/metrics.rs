@@ -259,6 +259,7 @@ async fn the_lag_gauges_rise_while_the_readers_are_held_back_and_fall_when_they_
     let store =
         billing_store::Store::connect(&db.url, 2, billing_domain::RateTable::default()).unwrap();
     let lease = store
+        .feed()
         .acquire_lease(billing_publisher::CHECKPOINT)
         .await
         .unwrap()

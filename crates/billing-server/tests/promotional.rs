@@ -244,7 +244,7 @@ async fn expired_promotional_credit_stops_counting_at_its_time_and_the_sweeper_r
     let account_id = id.parse().unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let expired = loop {
-        let events = app.store.account_events(account_id).await.unwrap();
+        let events = app.store.feed().account_events(account_id).await.unwrap();
         if let Some(e) = events.iter().find(|e| e.event_type == "promotion_expired") {
             break e.clone();
         }

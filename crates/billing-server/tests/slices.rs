@@ -193,7 +193,7 @@ async fn readers_come_and_go(
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let lag = app.store.feed_lag(checkpoint).await.unwrap();
+        let lag = app.store.feed().feed_lag(checkpoint).await.unwrap();
         if lag.events == 0 {
             break;
         }
@@ -252,8 +252,10 @@ async fn projectors(processes: usize) {
     assert_eq!(behind, 0, "every account at its last event");
     for id in &accounts {
         let id: uuid::Uuid = id.parse().unwrap();
-        let (projected, _) = app.store.read_model_account(id).await.unwrap().unwrap();
-        let events = app.store.account_events(id).await.unwrap();
+        let (projected, _) = billing_testkit::rows::read_model_account(&client, id)
+            .await
+            .unwrap();
+        let events = app.store.feed().account_events(id).await.unwrap();
         let folded =
             billing_domain::Account::fold(id, events.iter().map(|e| (&e.event, e.occurred_at)))
                 .unwrap()
@@ -289,7 +291,11 @@ async fn projectors(processes: usize) {
         ACCOUNTS * (TOP_UPS + 1),
         "a token grant and every top-up, each once"
     );
-    app.store.rebuild_read_models(1_000).await.unwrap();
+    app.store
+        .read_models()
+        .rebuild_read_models_with(1_000, |_| {})
+        .await
+        .unwrap();
     assert_eq!(ledger(app.db.client().await).await, projected);
 }
 

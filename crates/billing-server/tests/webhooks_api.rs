@@ -1444,6 +1444,7 @@ async fn a_replay_queues_each_change_since_once_again_in_its_first_order() {
     // A cap cuts it, and says where the next call starts.
     let store_replay = app
         .store
+        .webhooks()
         .replay_webhook(
             webhook.id.parse().unwrap(),
             chrono::Utc::now() - chrono::Duration::seconds(3_600),
@@ -1455,6 +1456,7 @@ async fn a_replay_queues_each_change_since_once_again_in_its_first_order() {
     let next = store_replay.next_since.expect("truncated");
     let rest = app
         .store
+        .webhooks()
         .replay_webhook(webhook.id.parse().unwrap(), next, 100)
         .await
         .unwrap();

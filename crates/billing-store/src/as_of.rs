@@ -34,7 +34,7 @@ use billing_domain::{Account, AccountView, Micros, Overflow, Tokens};
 use chrono::{DateTime, Utc};
 use tokio_postgres::types::Json;
 
-use crate::{Store, StoreError};
+use crate::{Accounts, StoreError};
 
 /// The last event at or before `$2` of account `$1` (binary search over
 /// versions), its view and recorded balances, and what holds live after it
@@ -82,17 +82,17 @@ SELECT e.version, e.account_after,
        (SELECT coalesce(sum(token) FILTER (WHERE expires_at <= $2), 0)::bigint FROM expired)
 FROM found JOIN events e ON e.account_id = $1 AND e.version = found.version";
 
-impl Store {
+impl Accounts<'_> {
     /// Account `current.id` as it stood at `at`: the view after its last
     /// event at or before `at`, with what time had made due by `at` applied
     /// (module comment). `None` before the account existed. Of `current`
     /// (the account now) only the id is read.
     pub async fn account_as_of(
-        &self,
+        self,
         current: &Account,
         at: DateTime<Utc>,
     ) -> Result<Option<AccountView>, StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.store.pool.get().await?;
         // Prepared once per pooled connection: planning the search costs
         // more than running it.
         let statement = client.prepare_cached(AS_OF).await?;
@@ -107,6 +107,7 @@ impl Store {
             // An event that keeps no view (`views.rs`): folded from the last
             // kept one.
             None => self
+                .store
                 .views_at(&[(current.id, version)])
                 .await?
                 .remove(&(current.id, version))

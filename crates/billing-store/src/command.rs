@@ -9,11 +9,18 @@ pub use crate::batch::Answer;
 use crate::batch::Work;
 use crate::{RequestMeta, Store, StoreError};
 
-impl Store {
+/// The command path: commands queued on their account's group-commit writer
+/// and answered once their batch has committed ([`Store::commands`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Commands<'a> {
+    pub(crate) store: &'a Store,
+}
+
+impl Commands<'_> {
     /// Creates account `id`. With an idempotency key, a retry returns the
     /// first outcome (and the first account).
     pub async fn create_account(
-        &self,
+        self,
         id: Uuid,
         meta: &RequestMeta,
         cmd: &CreateAccount,
@@ -22,12 +29,12 @@ impl Store {
             id,
             cmd: cmd.clone(),
         };
-        self.writers().submit(work, meta.clone()).await
+        self.store.writers().submit(work, meta.clone()).await
     }
 
     /// Runs `cmd` on account `account_id`.
     pub async fn execute(
-        &self,
+        self,
         account_id: Uuid,
         meta: &RequestMeta,
         cmd: &Command,
@@ -36,24 +43,24 @@ impl Store {
             account_id,
             cmd: cmd.clone(),
         };
-        self.writers().submit(work, meta.clone()).await
+        self.store.writers().submit(work, meta.clone()).await
     }
 
     /// Runs a reservation command (extend, commit, release) on the account
     /// that holds the reservation. The account of a reservation made through
     /// this process is remembered; only others cost a lookup.
     pub async fn execute_on_reservation(
-        &self,
+        self,
         meta: &RequestMeta,
         cmd: &Command,
     ) -> Result<Answer, StoreError> {
         let Some(reservation_id) = cmd.reservation_id() else {
             return Ok(Err(Rejection::ReservationNotFound));
         };
-        let account_id = match self.routes.get(reservation_id) {
+        let account_id = match self.store.routes.get(reservation_id) {
             Some(account_id) => account_id,
             None => {
-                let client = self.pool.get().await?;
+                let client = self.store.pool.get().await?;
                 let row = client
                     .query_opt(
                         "SELECT account_id FROM reservations WHERE reservation_id = $1",
@@ -64,7 +71,9 @@ impl Store {
                     return Ok(Err(Rejection::ReservationNotFound));
                 };
                 let account_id: Uuid = row.try_get(0)?;
-                self.routes.insert(reservation_id.to_owned(), account_id);
+                self.store
+                    .routes
+                    .insert(reservation_id.to_owned(), account_id);
                 account_id
             }
         };

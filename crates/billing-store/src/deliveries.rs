@@ -11,7 +11,7 @@
 //! one its time (`promote`). So claims read heads only, however long the
 //! queues behind them (a backlog of 35,000 deliveries claimed through the
 //! waiting ones ran at half the rate). A delivery made while its head is
-//! being resolved may miss that promotion; [`Store::promote_stranded`]
+//! being resolved may miss that promotion; [`Deliveries::promote_stranded`]
 //! finds such recent ones.
 //!
 //! Claims lock rows (`FOR UPDATE SKIP LOCKED`) and hold them with
@@ -120,16 +120,23 @@ pub struct Backlog {
     pub oldest_due_seconds: f64,
 }
 
-impl Store {
+/// The webhook dispatcher's queue: the webhooks changes go to, deliveries
+/// made, claimed and recorded ([`Store::deliveries`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Deliveries<'a> {
+    pub(crate) store: &'a Store,
+}
+
+impl Deliveries<'_> {
     /// The enabled webhooks of `customers`.
     pub async fn webhooks_of_customers(
-        &self,
+        self,
         customers: &[Uuid],
     ) -> Result<Vec<WebhookTarget>, StoreError> {
         if customers.is_empty() {
             return Ok(Vec::new());
         }
-        let client = self.pool.get().await?;
+        let client = self.store.pool.get().await?;
         let rows = client
             .query(
                 "SELECT id, customer_id, event_types, account_ids FROM webhooks
@@ -151,7 +158,7 @@ impl Store {
     /// Stores deliveries, in the given order (which is their order per
     /// webhook and account). One already made (the feed read again after a
     /// crash) is kept as it is. Returns how many were new.
-    pub async fn insert_deliveries(&self, new: &[NewDelivery]) -> Result<u64, StoreError> {
+    pub async fn insert_deliveries(self, new: &[NewDelivery]) -> Result<u64, StoreError> {
         if new.is_empty() {
             return Ok(0);
         }
@@ -161,7 +168,7 @@ impl Store {
         let types: Vec<&str> = new.iter().map(|d| d.event_type.as_str()).collect();
         let accounts: Vec<Uuid> = new.iter().map(|d| d.account_id).collect();
         let versions: Vec<i64> = new.iter().map(|d| d.account_version).collect();
-        let client = self.pool.get().await?;
+        let client = self.store.pool.get().await?;
         let inserted = client
             .execute(
                 // Due now when it is its webhook and account's head (no
@@ -199,7 +206,7 @@ impl Store {
     /// (webhook, attempts), and holds them for `hold` (longer than an
     /// attempt can take).
     pub async fn claim_deliveries(
-        &self,
+        self,
         limit: i64,
         per_webhook: i64,
         busy: &[(Uuid, i64)],
@@ -212,7 +219,7 @@ impl Store {
             .filter(|(_, n)| *n >= per_webhook)
             .map(|(id, _)| *id)
             .collect();
-        let client = self.pool.get().await?;
+        let client = self.store.pool.get().await?;
         let rows = client
             .query(
                 // `due` locks the candidates; `picked` keeps each webhook's
@@ -304,7 +311,7 @@ impl Store {
             .map(|d| (d.account_id, d.account_version))
             .collect();
         if !missing.is_empty() {
-            let folded = self.views_at(&missing).await?;
+            let folded = self.store.views_at(&missing).await?;
             for d in &mut claimed {
                 if d.account_after.is_none()
                     && let Some(view) = folded.get(&(d.account_id, d.account_version))
@@ -323,7 +330,7 @@ impl Store {
     /// deliveries fail, naming why. Returns the webhooks disabled, with the
     /// reason.
     pub async fn record_attempts(
-        &self,
+        self,
         records: &[AttemptRecord],
         disable_after: Duration,
     ) -> Result<Vec<(Uuid, String)>, StoreError> {
@@ -360,7 +367,7 @@ impl Store {
         // Any success in the batch clears a webhook's failing streak.
         failed.retain(|id| !succeeded.contains(id));
         let disable_after_s = disable_after.as_secs_f64();
-        let mut client = self.pool.get().await?;
+        let mut client = self.store.pool.get().await?;
         let tx = client.transaction().await?;
         tx.execute(
             "UPDATE webhook_deliveries d
@@ -434,9 +441,9 @@ impl Store {
     /// without one) that have no delivery before them pending: those made
     /// while their head was being resolved, which that resolution's
     /// promotion could not see yet. Returns how many.
-    pub async fn promote_stranded(&self, window: Option<Duration>) -> Result<u64, StoreError> {
+    pub async fn promote_stranded(self, window: Option<Duration>) -> Result<u64, StoreError> {
         let window_s = window.map(|w| w.as_secs_f64());
-        let client = self.pool.get().await?;
+        let client = self.store.pool.get().await?;
         Ok(client
             .execute(
                 "UPDATE webhook_deliveries d SET next_attempt_at = now()
@@ -452,8 +459,8 @@ impl Store {
     }
 
     /// Pending deliveries, and how long the oldest due one has waited.
-    pub async fn delivery_backlog(&self) -> Result<Backlog, StoreError> {
-        let client = self.pool.get().await?;
+    pub async fn delivery_backlog(self) -> Result<Backlog, StoreError> {
+        let client = self.store.pool.get().await?;
         let row = client
             .query_one(
                 "SELECT count(*),

@@ -1,43 +1,54 @@
 //! The PostgreSQL event store and the command path. Only this crate contains
 //! SQL.
 //!
-//! - [`Store::create_account`] and [`Store::execute`] run the command path
-//!   with group commit: commands queue on their account's writer, which
-//!   locks a whole batch's accounts, checks idempotency records, decides
-//!   each command in order with the pure domain, then appends the events,
+//! [`Store`] is made once ([`Store::connect`]) and shared: it holds the
+//! connection pool, the [`Connector`] every other connection is made by,
+//! the rate table and the clock, and it applies the migrations
+//! ([`Store::migrate`]) and probes the database. Everything else is done
+//! through a handle borrowed from it, one for each part of the system:
+//!
+//! - [`Store::commands`] ([`Commands`], `command.rs`): the command path with
+//!   group commit. Commands queue on their account's writer, which locks a
+//!   whole batch's accounts, checks idempotency records, decides each
+//!   command in order with the pure domain, then appends the events,
 //!   updates the accounts' state and reservation rows, and stores the
 //!   idempotency records, all in one transaction.
-//! - [`Store::account`] reads one account's current state, strongly
-//!   consistent.
-//! - [`Follower`] follows the global event feed with the `(xid, position)`
-//!   cursor for a [`FeedHandler`] (the projector, the publisher, the watch
-//!   hub, the webhook dispatcher): one query, one loop, a checkpoint moved
-//!   after the handler succeeded, one active reader per checkpoint (a
-//!   [`Lease`]). [`Store::read_feed`] reads a page of it directly.
-//! - [`Store::read_views`] and [`Store::account_views`] feed live account
-//!   views (`WatchAccount`): the view after each event, from the feed and
-//!   from one account's history.
-//! - [`Store::project`] folds a batch of the feed into the read models
-//!   (`rm_accounts`, `ledger_entries`) with a pure fold, and commits it with
-//!   its checkpoint; `list_accounts` and `ledger` read them.
-//! - [`Store::account_as_of`] (`as_of.rs`): an account as it stood at an
-//!   instant, by a binary search over its versions (logarithmic, no index of
-//!   its own).
-//! - [`Store::remove_expired`] (`retention.rs`): the sweeper's retention of
-//!   idempotency records and resolved reservations, in small batches.
-//! - [`chain`]: each event's hash links it to the account's previous one;
-//!   [`Store::verify_chains`] walks every chain and names the first broken
-//!   link, [`Store::record_chain_digest`] pins every head at an instant.
-//! - [`FeedWakeup`] wakes a feed reader when events are appended, and
-//!   keeps quiet while it is busy (the follower's).
-//! - [`Store::create_webhook`] and its neighbours (`webhooks.rs`): customer
-//!   webhooks and their deliveries, as plain rows (no events); the
-//!   dispatcher's queue in `deliveries.rs`.
-//! - [`migrate`] applies the embedded migrations.
-//! - [`connect`]: every connection (pool, writers, `LISTEN`, probes, leases)
-//!   is made by one [`Connector`], which reads libpq's TLS parameters
-//!   (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`...) from the database
-//!   URL and verifies the server as libpq does.
+//! - [`Store::accounts`] ([`Accounts`]): one account as it stands now,
+//!   strongly consistent (`read.rs`), as it stood at an instant by a binary
+//!   search over its versions (`as_of.rs`), and its views after each event
+//!   (`watch.rs`, for `WatchAccount`).
+//! - [`Store::feed`] ([`Feed`], `feed/`): the global event feed, with the
+//!   `(xid, position)` cursor: a page of it read directly, one account's
+//!   events, the checkpoints' leases and how far each reader is behind,
+//!   and a reader's wake-ups ([`FeedWakeup`]). Readers that follow it run
+//!   a [`Follower`] (or [`Sliced`], a share of the slices of a partitioned
+//!   reader) with a [`FeedHandler`]: one query, one loop, a checkpoint
+//!   moved after the handler succeeded, one active reader per checkpoint
+//!   (a [`Lease`]).
+//! - [`Store::read_models`] ([`ReadModels`], `projection/`): a batch of the
+//!   feed folded into the read models (`rm_accounts`, `ledger_entries`)
+//!   with a pure fold and committed with its checkpoint, their rebuild, and
+//!   the queries that list accounts and read the ledger.
+//! - [`Store::maintenance`] ([`Maintenance`]): admin and verification. The
+//!   hash chains ([`chain`]: each event's hash links it to the account's
+//!   previous one) walked for the first broken link and their heads
+//!   digested (`verify.rs`), and the sweeper's work: the accounts time has
+//!   made due (`read.rs`) and the retention of idempotency records and
+//!   resolved reservations (`retention.rs`).
+//! - [`Store::webhooks`] ([`Webhooks`], `webhooks.rs`): customer webhooks
+//!   and their deliveries as the API reads and changes them, as plain rows
+//!   (no events); [`Store::deliveries`] ([`Deliveries`], `deliveries.rs`):
+//!   the dispatcher's queue.
+//!
+//! The handles are `Copy` and hold only a reference to the store:
+//! `store.accounts().account(id)`. The store itself is cheap to clone (its
+//! parts are shared).
+//!
+//! [`migrate`] applies the embedded migrations on a client of one's own.
+//! [`connect`]: every connection (pool, writers, `LISTEN`, probes, leases)
+//! is made by one [`Connector`], which reads libpq's TLS parameters
+//! (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`...) from the database URL
+//! and verifies the server as libpq does.
 
 #![forbid(unsafe_code)]
 
@@ -73,27 +84,30 @@ use billing_domain::RateTable;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 
-pub use command::Answer;
+pub use command::{Answer, Commands};
 pub use connect::{Connector, SslMode};
 pub use deliveries::{
-    AttemptOutcome, AttemptRecord, Backlog, ClaimedDelivery, NewDelivery, WebhookTarget,
+    AttemptOutcome, AttemptRecord, Backlog, ClaimedDelivery, Deliveries, NewDelivery, WebhookTarget,
 };
 pub use error::StoreError;
 pub use feed::{
-    Cursor, FeedBatch, FeedHandler, FeedRead, FeedWakeup, Follower, Lag, Lease, MAX_CAUSES, Pace,
-    SLICES, Slice, Sliced, Start, StoredEvent, causes, slice_of, span_context,
+    Cursor, Feed, FeedBatch, FeedHandler, FeedRead, FeedWakeup, Follower, Lag, Lease, MAX_CAUSES,
+    Pace, SLICES, Slice, Sliced, Start, StoredEvent, causes, slice_of, span_context,
 };
 pub use migrate::{MIGRATIONS, migrate};
 pub use probe::DatabaseProbe;
-pub use projection::{BatchReport, Gap, LedgerEntry, LedgerQuery, READ_MODELS, RebuildProgress};
+pub use projection::{
+    BatchReport, Gap, LedgerEntry, LedgerQuery, READ_MODELS, ReadModels, RebuildProgress,
+};
+pub use read::Accounts;
 pub use retention::{RETENTION_BATCH, Removed};
-pub use verify::{ChainDigest, Verification};
+pub use verify::{ChainDigest, Maintenance, Verification};
 pub use views::{DEFAULT_VIEW_EVERY, MAX_VIEW_EVERY};
 pub use watch::{VersionedView, ViewPage};
 pub use webhooks::{
     DeliveryStatus, MAX_REPLAY, MAX_WEBHOOKS_PER_CUSTOMER, NewWebhook, Replay, SECRET_PREFIX,
     WEBHOOK_EVENT_TYPES, Webhook, WebhookDelivery, WebhookError, WebhookPatch, WebhookRefusal,
-    new_secret,
+    Webhooks, new_secret,
 };
 
 /// Who made a change: recorded on every event.
@@ -155,7 +169,9 @@ fn micros(clock: &Clock) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
 }
 
-/// The PostgreSQL store. Cheap to clone.
+/// The PostgreSQL store: what is shared (the pool, the connector, the
+/// rates, the clock, the writers), and a handle for each part (the crate's
+/// comment). Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     /// Connections for commands and reads.
@@ -299,15 +315,46 @@ impl Store {
         migrate(&mut client).await
     }
 
-    /// Checks that the database answers.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        self.pool.get().await?.simple_query("SELECT 1").await?;
-        Ok(())
-    }
-
     /// A health probe on a connection of its own (see [`DatabaseProbe`]).
     pub fn database_probe(&self) -> DatabaseProbe {
         DatabaseProbe::new(self.connector.clone())
+    }
+
+    /// The command path: create accounts and run commands.
+    pub fn commands(&self) -> Commands<'_> {
+        Commands { store: self }
+    }
+
+    /// Reads of accounts: now (strongly consistent), at an instant, and
+    /// their views after each event.
+    pub fn accounts(&self) -> Accounts<'_> {
+        Accounts { store: self }
+    }
+
+    /// The event feed: read directly, its leases and lag, wake-ups.
+    pub fn feed(&self) -> Feed<'_> {
+        Feed { store: self }
+    }
+
+    /// The read models: projection, rebuild, account lists and the ledger.
+    pub fn read_models(&self) -> ReadModels<'_> {
+        ReadModels { store: self }
+    }
+
+    /// Admin and verification: hash chains and their digests, housekeeping
+    /// and retention.
+    pub fn maintenance(&self) -> Maintenance<'_> {
+        Maintenance { store: self }
+    }
+
+    /// Customers' webhooks and their deliveries (the webhook API).
+    pub fn webhooks(&self) -> Webhooks<'_> {
+        Webhooks { store: self }
+    }
+
+    /// The webhook dispatcher's queue of deliveries.
+    pub fn deliveries(&self) -> Deliveries<'_> {
+        Deliveries { store: self }
     }
 
     /// The connection pool's state now, for metrics.

@@ -1,17 +1,25 @@
-//! Strongly consistent reads of the command side's state.
+//! Strongly consistent reads of the command side's state: an account now
+//! and a customer's accounts (the [`Accounts`] handle's), and the accounts
+//! the sweeper has work on ([`Maintenance`]'s).
 
-use billing_domain::{Account, Hold, ReservationStatus, ReservationView};
-use serde_json::Value;
+use billing_domain::{Account, Hold};
 use uuid::Uuid;
 
-use crate::{Store, StoreError};
+use crate::{Maintenance, Store, StoreError};
 
-impl Store {
+/// Reads of accounts from the command side, strongly consistent, or as they
+/// stood at an instant ([`Store::accounts`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Accounts<'a> {
+    pub(crate) store: &'a Store,
+}
+
+impl Accounts<'_> {
     /// Account `id` as it stands now: its state and live holds, read in one
     /// statement (one snapshot), with due housekeeping applied as the next
     /// command would record it. Expired holds are already excluded.
-    pub async fn account(&self, id: Uuid) -> Result<Option<Account>, StoreError> {
-        let client = self.pool.get().await?;
+    pub async fn account(self, id: Uuid) -> Result<Option<Account>, StoreError> {
+        let client = self.store.pool.get().await?;
         let row = client
             .query_opt(
                 "SELECT a.state,
@@ -30,15 +38,15 @@ impl Store {
             .into_iter()
             .map(|h| (h.reservation_id.clone(), h))
             .collect();
-        let now = self.now().max(account.tm_update);
+        let now = self.store.now().max(account.tm_update);
         billing_domain::as_of(&account, now)
             .map(Some)
             .map_err(|e| StoreError::Corrupt(format!("account {id} does not fold: {e}")))
     }
 
     /// The accounts of one customer, oldest first.
-    pub async fn accounts_of_customer(&self, customer_id: Uuid) -> Result<Vec<Uuid>, StoreError> {
-        let client = self.pool.get().await?;
+    pub async fn accounts_of_customer(self, customer_id: Uuid) -> Result<Vec<Uuid>, StoreError> {
+        let client = self.store.pool.get().await?;
         let rows = client
             .query(
                 "SELECT account_id FROM accounts WHERE customer_id = $1 ORDER BY created_at, account_id",
@@ -47,39 +55,14 @@ impl Store {
             .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
+}
 
-    /// A reservation as stored (its status as recorded; a live hold past its
-    /// expiry reads as expired).
-    pub async fn reservation(&self, id: &str) -> Result<Option<ReservationView>, StoreError> {
-        let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
-                "SELECT r.hold, r.status, coalesce(r.resolved_version, a.version)
-                 FROM reservations r JOIN accounts a USING (account_id)
-                 WHERE r.reservation_id = $1",
-                &[&id],
-            )
-            .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let hold: Hold =
-            serde_json::from_value::<Value>(row.get(0)).and_then(serde_json::from_value)?;
-        let status: &str = row.get(1);
-        let mut status: ReservationStatus = status
-            .parse()
-            .map_err(|_| StoreError::Corrupt(format!("reservation status `{status}`")))?;
-        if status == ReservationStatus::Active && !hold.is_live(self.now()) {
-            status = ReservationStatus::Expired;
-        }
-        Ok(Some(hold.view(status, row.get(2))))
-    }
-
+impl Maintenance<'_> {
     /// Accounts with something time has made due (an expired hold or a
     /// monthly token reset), for the sweeper.
-    pub async fn accounts_due_for_housekeeping(&self, limit: i64) -> Result<Vec<Uuid>, StoreError> {
-        let client = self.pool.get().await?;
-        let now = self.now();
+    pub async fn accounts_due_for_housekeeping(self, limit: i64) -> Result<Vec<Uuid>, StoreError> {
+        let client = self.store.pool.get().await?;
+        let now = self.store.now();
         let rows = client
             .query(
                 "(SELECT DISTINCT account_id FROM reservations

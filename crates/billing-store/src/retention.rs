@@ -22,7 +22,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::{Store, StoreError};
+use crate::{Maintenance, StoreError};
 
 /// The most rows one retention statement removes.
 pub const RETENTION_BATCH: i64 = 1_000;
@@ -34,15 +34,15 @@ pub struct Removed {
     pub reservations: u64,
 }
 
-impl Store {
+impl Maintenance<'_> {
     /// Removes up to `limit` idempotency records created before `before`,
     /// oldest first, in one statement. How many it removed.
-    pub async fn remove_idempotency_records(
-        &self,
+    async fn remove_idempotency_records(
+        self,
         before: DateTime<Utc>,
         limit: i64,
     ) -> Result<u64, StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.store.pool.get().await?;
         Ok(client
             .execute(
                 "DELETE FROM idempotency_keys WHERE ctid = ANY (ARRAY(
@@ -59,12 +59,12 @@ impl Store {
     /// Removes up to `limit` reservations resolved (committed, released or
     /// expired) before `before`, oldest first, in one statement. Live holds
     /// are never removed, whatever their age. How many it removed.
-    pub async fn remove_resolved_reservations(
-        &self,
+    async fn remove_resolved_reservations(
+        self,
         before: DateTime<Utc>,
         limit: i64,
     ) -> Result<u64, StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.store.pool.get().await?;
         Ok(client
             .execute(
                 "DELETE FROM reservations WHERE ctid = ANY (ARRAY(
@@ -83,12 +83,12 @@ impl Store {
     /// of each kind, stopping early once a batch comes back short. A window
     /// of `None` keeps that kind forever.
     pub async fn remove_expired(
-        &self,
+        self,
         idempotency: Option<std::time::Duration>,
         reservations: Option<std::time::Duration>,
         batches: usize,
     ) -> Result<Removed, StoreError> {
-        let now = self.now();
+        let now = self.store.now();
         let cutoff = |window: std::time::Duration| {
             chrono::Duration::from_std(window)
                 .ok()

@@ -49,16 +49,24 @@ pub struct ChainDigest {
     pub digest: ChainHash,
 }
 
-impl Store {
+/// Admin and verification: the hash chains checked and their heads
+/// digested, the sweeper's housekeeping and retention
+/// ([`Store::maintenance`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Maintenance<'a> {
+    pub(crate) store: &'a Store,
+}
+
+impl Maintenance<'_> {
     /// Recomputes every account's chain (or one account's) from the stored
     /// events, in one consistent snapshot, stopping at the first broken link.
     /// `progress` hears the events checked so far after every page.
     pub async fn verify_chains(
-        &self,
+        self,
         only: Option<Uuid>,
         mut progress: impl FnMut(u64) + Send,
     ) -> Result<Verification, StoreError> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.store.pool.get().await?;
         let tx = client
             .build_transaction()
             .isolation_level(IsolationLevel::RepeatableRead)
@@ -133,15 +141,15 @@ impl Store {
     }
 
     /// The digest of every account's chain head as they stand now.
-    pub async fn chain_digest(&self) -> Result<ChainDigest, StoreError> {
-        let client = self.pool.get().await?;
+    pub async fn chain_digest(self) -> Result<ChainDigest, StoreError> {
+        let client = self.store.pool.get().await?;
         digest(&**client).await
     }
 
     /// Computes the digest of every chain head and records it in
     /// `chain_digests` (append-only): a point an auditor can pin history to.
-    pub async fn record_chain_digest(&self) -> Result<ChainDigest, StoreError> {
-        let mut client = self.pool.get().await?;
+    pub async fn record_chain_digest(self) -> Result<ChainDigest, StoreError> {
+        let mut client = self.store.pool.get().await?;
         let tx = client
             .build_transaction()
             .isolation_level(IsolationLevel::RepeatableRead)
@@ -161,16 +169,14 @@ impl Store {
         tx.commit().await?;
         Ok(digest)
     }
-}
 
-impl Store {
     /// Recorded digests after `after`, oldest first (at most 100); with no
     /// `after`, the newest one.
     pub async fn chain_digests_after(
-        &self,
+        self,
         after: Option<DateTime<Utc>>,
     ) -> Result<Vec<ChainDigest>, StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.store.pool.get().await?;
         let rows = match after {
             None => {
                 client

@@ -1,15 +1,16 @@
 //! The reads behind live account views (`WatchAccount`): a light page of the
 //! feed carrying the account view after each event (read only for the
 //! accounts someone watches; the feed module's one query, see
-//! [`FeedRead::Views`]), and one account's views after a version, to catch a
-//! watcher up from the log.
+//! [`FeedRead::Views`]: [`Feed::read_views`]), and one account's views after
+//! a version, to catch a watcher up from the log
+//! ([`Accounts::account_views`]).
 
 use billing_domain::AccountView;
 use tokio_postgres::types::Json;
 use uuid::Uuid;
 
 use crate::feed::{Cursor, FeedRead};
-use crate::{Store, StoreError};
+use crate::{Accounts, Feed, StoreError};
 
 /// An account's view after one of its events.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,7 +31,7 @@ pub struct ViewPage {
     pub events: usize,
 }
 
-impl Store {
+impl Feed<'_> {
     /// Up to `limit` events after `after`, in feed order and by the feed's
     /// rule (the one feed query: only finished transactions, so nothing is
     /// skipped), keeping the view after each event only for accounts
@@ -38,7 +39,7 @@ impl Store {
     /// without a stored view (written before migration 0003) gets one folded
     /// from its account's events.
     pub async fn read_views(
-        &self,
+        self,
         after: Cursor,
         limit: i64,
         wanted: impl Fn(Uuid) -> bool,
@@ -52,17 +53,19 @@ impl Store {
             views: batch.views,
         })
     }
+}
 
+impl Accounts<'_> {
     /// Account `account_id`'s views after each of its events past
     /// `after_version`, oldest first, at most `limit` of them.
     pub async fn account_views(
-        &self,
+        self,
         account_id: Uuid,
         after_version: i64,
         limit: i64,
     ) -> Result<Vec<VersionedView>, StoreError> {
         let rows = {
-            let client = self.pool.get().await?;
+            let client = self.store.pool.get().await?;
             client
                 .query(
                     "SELECT version, account_after FROM events
@@ -80,7 +83,7 @@ impl Store {
             .filter(|row| row.get::<_, Option<Json<AccountView>>>(1).is_none())
             .map(|row| (account_id, row.get(0)))
             .collect();
-        let mut folded = self.views_at(&missing).await?;
+        let mut folded = self.store.views_at(&missing).await?;
         let mut views = Vec::with_capacity(rows.len());
         for row in &rows {
             let version: i64 = row.get(0);

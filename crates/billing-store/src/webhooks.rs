@@ -301,7 +301,14 @@ fn delivery_row(row: &Row) -> Result<WebhookDelivery, StoreError> {
     })
 }
 
-impl Store {
+/// Customers' webhooks and their deliveries, as the webhook API reads and
+/// changes them ([`Store::webhooks`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Webhooks<'a> {
+    pub(crate) store: &'a Store,
+}
+
+impl Webhooks<'_> {
     /// Registers a webhook with a new secret, or, for a key already used by
     /// the customer, returns the webhook it made (the same key with other
     /// settings than it now has is refused). At most
@@ -309,10 +316,10 @@ impl Store {
     /// are counted under a transaction-scoped advisory lock on the
     /// customer, so two concurrent creations cannot both take the last
     /// place.
-    pub async fn create_webhook(&self, new: &NewWebhook) -> Result<Webhook, WebhookError> {
+    pub async fn create_webhook(self, new: &NewWebhook) -> Result<Webhook, WebhookError> {
         let secret = new_secret()?;
-        let now = self.now();
-        let mut client = self.pool.get().await?;
+        let now = self.store.now();
+        let mut client = self.store.pool.get().await?;
         let tx = client.transaction().await?;
         tx.execute(
             "SELECT pg_advisory_xact_lock(hashtextextended('webhooks of ' || $1::uuid::text, 0))",
@@ -382,8 +389,8 @@ impl Store {
     }
 
     /// One webhook, secrets included.
-    pub async fn webhook(&self, id: Uuid) -> Result<Option<Webhook>, StoreError> {
-        let client = self.pool.get().await?;
+    pub async fn webhook(self, id: Uuid) -> Result<Option<Webhook>, StoreError> {
+        let client = self.store.pool.get().await?;
         let row = client
             .query_opt(
                 &format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1"),
@@ -396,12 +403,12 @@ impl Store {
     /// A page of webhooks (one customer's, or every customer's), oldest
     /// first, after `after`.
     pub async fn list_webhooks(
-        &self,
+        self,
         customer_id: Option<Uuid>,
         after: Option<Uuid>,
         limit: i64,
     ) -> Result<Vec<Webhook>, StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.store.pool.get().await?;
         let rows = client
             .query(
                 &format!(
@@ -418,10 +425,10 @@ impl Store {
 
     /// Which of `account_ids` exist, with their customers.
     pub async fn account_customers(
-        &self,
+        self,
         account_ids: &[Uuid],
     ) -> Result<Vec<(Uuid, Uuid)>, StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.store.pool.get().await?;
         let rows = client
             .query(
                 "SELECT account_id, customer_id FROM accounts WHERE account_id = ANY($1)",
@@ -434,11 +441,11 @@ impl Store {
     /// Changes a webhook's settings (`None`: no such webhook). Enabling
     /// clears `disabled_reason` and `failing_since`.
     pub async fn update_webhook(
-        &self,
+        self,
         id: Uuid,
         patch: &WebhookPatch,
     ) -> Result<Option<Webhook>, StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.store.pool.get().await?;
         let row = client
             .query_opt(
                 &format!(
@@ -466,7 +473,7 @@ impl Store {
                     &patch.account_ids,
                     &patch.enabled,
                     &patch.disabled_reason,
-                    &self.now(),
+                    &self.store.now(),
                 ],
             )
             .await?;
@@ -474,8 +481,8 @@ impl Store {
     }
 
     /// Removes a webhook and its deliveries. `false`: no such webhook.
-    pub async fn delete_webhook(&self, id: Uuid) -> Result<bool, StoreError> {
-        let client = self.pool.get().await?;
+    pub async fn delete_webhook(self, id: Uuid) -> Result<bool, StoreError> {
+        let client = self.store.pool.get().await?;
         Ok(client
             .execute("DELETE FROM webhooks WHERE id = $1", &[&id])
             .await?
@@ -485,14 +492,14 @@ impl Store {
     /// A new secret for a webhook; the current one signs beside it for
     /// `overlap` (none when zero). `None`: no such webhook.
     pub async fn rotate_webhook_secret(
-        &self,
+        self,
         id: Uuid,
         overlap: Duration,
     ) -> Result<Option<Webhook>, StoreError> {
         let secret = new_secret()?;
-        let now = self.now();
+        let now = self.store.now();
         let until = (overlap > Duration::zero()).then(|| now + overlap);
-        let client = self.pool.get().await?;
+        let client = self.store.pool.get().await?;
         let row = client
             .query_opt(
                 &format!(
@@ -513,13 +520,13 @@ impl Store {
     /// A page of a webhook's deliveries, newest first (by id, a UUID v7),
     /// before `before`, optionally in one status.
     pub async fn webhook_deliveries(
-        &self,
+        self,
         webhook_id: Uuid,
         status: Option<DeliveryStatus>,
         before: Option<Uuid>,
         limit: i64,
     ) -> Result<Vec<WebhookDelivery>, StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.store.pool.get().await?;
         let rows = client
             .query(
                 &format!(
@@ -542,10 +549,10 @@ impl Store {
 
     /// One delivery, with the customer its webhook belongs to.
     pub async fn webhook_delivery(
-        &self,
+        self,
         id: Uuid,
     ) -> Result<Option<(WebhookDelivery, Uuid)>, StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.store.pool.get().await?;
         let row = client
             .query_opt(
                 &format!(
@@ -564,9 +571,9 @@ impl Store {
     /// one it waits behind is), its attempts from zero (the retry schedule
     /// starts over). Refused for a delivery that
     /// is not failed, and for a disabled webhook's.
-    pub async fn retry_webhook_delivery(&self, id: Uuid) -> Result<WebhookDelivery, WebhookError> {
-        let now = self.now();
-        let mut client = self.pool.get().await?;
+    pub async fn retry_webhook_delivery(self, id: Uuid) -> Result<WebhookDelivery, WebhookError> {
+        let now = self.store.now();
+        let mut client = self.store.pool.get().await?;
         let tx = client.transaction().await?;
         let found = tx
             .query_opt(
@@ -622,12 +629,12 @@ impl Store {
     /// number their copies one after the other instead of both taking the
     /// same next number (a unique violation, which was INTERNAL).
     pub async fn replay_webhook(
-        &self,
+        self,
         webhook_id: Uuid,
         since: DateTime<Utc>,
         cap: i64,
     ) -> Result<Replay, WebhookError> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.store.pool.get().await?;
         let tx = client.transaction().await?;
         let enabled: bool = tx
             .query_opt(
@@ -641,7 +648,7 @@ impl Store {
             return Err(WebhookRefusal::WebhookDisabled.into());
         }
         // After the turn: copies are queued after the previous replay's.
-        let now = self.now();
+        let now = self.store.now();
         // The changes queued since `since` (their first deliveries, in the
         // order they were queued, with their message ids), each with the
         // next replay number: the first `cap`, and one more to know where

@@ -1,4 +1,4 @@
-//! An account as it stood at an instant (`Store::account_as_of`): the whole
+//! An account as it stood at an instant (`Accounts::account_as_of`): the whole
 //! view of the last event at or before it, what time had made due by then
 //! applied, found by a binary search over versions. Against PostgreSQL,
 //! with a pinned clock.
@@ -32,6 +32,7 @@ fn pinned(db: &TestDb) -> (Store, Arc<Mutex<DateTime<Utc>>>) {
 
 async fn run(store: &Store, id: Uuid, command: Command) {
     store
+        .commands()
         .execute(id, &meta(), &command)
         .await
         .unwrap()
@@ -39,8 +40,8 @@ async fn run(store: &Store, id: Uuid, command: Command) {
 }
 
 async fn as_of(store: &Store, id: Uuid, at: DateTime<Utc>) -> Option<AccountView> {
-    let current = store.account(id).await.unwrap().unwrap();
-    store.account_as_of(&current, at).await.unwrap()
+    let current = store.accounts().account(id).await.unwrap().unwrap();
+    store.accounts().account_as_of(&current, at).await.unwrap()
 }
 
 fn reserve(id: &str, ttl_seconds: i64) -> Command {
@@ -59,6 +60,7 @@ async fn as_of_returns_the_whole_account_between_events_and_nothing_before_it_ex
     let (store, clock) = pinned(&db);
     let id = Uuid::new_v4();
     store
+        .commands()
         .create_account(id, &meta(), &new_account(PlanType::Basic))
         .await
         .unwrap()
@@ -128,6 +130,7 @@ async fn a_hold_expired_before_the_instant_is_not_reserved_whether_or_not_its_ex
     let (store, clock) = pinned(&db);
     let id = Uuid::new_v4();
     store
+        .commands()
         .create_account(id, &meta(), &new_account(PlanType::Free))
         .await
         .unwrap()
@@ -173,6 +176,7 @@ async fn promotional_credit_stops_counting_at_its_expiry_in_an_as_of_read() {
     let (store, clock) = pinned(&db);
     let id = Uuid::new_v4();
     store
+        .commands()
         .create_account(id, &meta(), &new_account(PlanType::Free))
         .await
         .unwrap()
@@ -222,6 +226,7 @@ async fn measure_as_of_on_a_long_history_beside_a_young_account() {
     for _ in 0..2 {
         let id = Uuid::new_v4();
         store
+            .commands()
             .create_account(id, &meta(), &new_account(PlanType::Free))
             .await
             .unwrap()
@@ -246,8 +251,8 @@ async fn measure_as_of_on_a_long_history_beside_a_young_account() {
     let client = db.client().await;
     client.batch_execute("VACUUM ANALYZE events").await.unwrap();
     let current = [
-        store.account(long).await.unwrap().unwrap(),
-        store.account(young).await.unwrap().unwrap(),
+        store.accounts().account(long).await.unwrap().unwrap(),
+        store.accounts().account(young).await.unwrap().unwrap(),
     ];
     // Each way on its own (the walk back reads the whole history, which
     // would evict the pages the binary search reads).
@@ -255,7 +260,11 @@ async fn measure_as_of_on_a_long_history_beside_a_young_account() {
         let mut times = Vec::new();
         for _ in 0..1_000 {
             let t = Instant::now();
-            let view = store.account_as_of(account, early).await.unwrap();
+            let view = store
+                .accounts()
+                .account_as_of(account, early)
+                .await
+                .unwrap();
             times.push(t.elapsed());
             assert!(view.is_some());
         }

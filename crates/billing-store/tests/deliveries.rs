@@ -25,6 +25,7 @@ async fn setup() -> (TestDb, Store, Uuid, Uuid) {
     let customer = create.customer_id;
     let account_id = Uuid::new_v4();
     store
+        .commands()
         .create_account(account_id, &meta(), &create)
         .await
         .unwrap()
@@ -76,15 +77,22 @@ async fn queue(db: &TestDb, webhook: Uuid) -> Vec<(i64, bool)> {
 async fn only_the_head_is_due_and_its_resolution_makes_the_next_due() {
     let (db, store, webhook, account) = setup().await;
     let batch: Vec<NewDelivery> = (1..=3).map(|v| delivery(webhook, account, v)).collect();
-    assert_eq!(store.insert_deliveries(&batch).await.unwrap(), 3);
+    assert_eq!(
+        store.deliveries().insert_deliveries(&batch).await.unwrap(),
+        3
+    );
     assert_eq!(
         queue(&db, webhook).await,
         [(1, true), (2, false), (3, false)]
     );
     // Made again (the feed read again after a crash): nothing new.
-    assert_eq!(store.insert_deliveries(&batch).await.unwrap(), 0);
+    assert_eq!(
+        store.deliveries().insert_deliveries(&batch).await.unwrap(),
+        0
+    );
     // A later batch waits behind the queue too.
     store
+        .deliveries()
         .insert_deliveries(&[delivery(webhook, account, 4)])
         .await
         .unwrap();
@@ -93,7 +101,11 @@ async fn only_the_head_is_due_and_its_resolution_makes_the_next_due() {
         [(1, true), (2, false), (3, false), (4, false)]
     );
 
-    let claimed = store.claim_deliveries(10, 32, &[], HOLD).await.unwrap();
+    let claimed = store
+        .deliveries()
+        .claim_deliveries(10, 32, &[], HOLD)
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 1, "the head only");
     assert_eq!(claimed[0].account_version, 1);
     // A retry keeps the order: the next stays waiting.
@@ -104,10 +116,18 @@ async fn only_the_head_is_due_and_its_resolution_makes_the_next_due() {
         status_code: Some(500),
         error: "HTTP 500".into(),
     };
-    store.record_attempts(&[retry], NEVER).await.unwrap();
+    store
+        .deliveries()
+        .record_attempts(&[retry], NEVER)
+        .await
+        .unwrap();
     assert_eq!(queue(&db, webhook).await[..2], [(1, true), (2, false)]);
 
-    let claimed = store.claim_deliveries(10, 32, &[], HOLD).await.unwrap();
+    let claimed = store
+        .deliveries()
+        .claim_deliveries(10, 32, &[], HOLD)
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 1);
     let delivered = AttemptRecord {
         delivery_id: claimed[0].id,
@@ -116,7 +136,11 @@ async fn only_the_head_is_due_and_its_resolution_makes_the_next_due() {
         status_code: Some(200),
         error: String::new(),
     };
-    store.record_attempts(&[delivered], NEVER).await.unwrap();
+    store
+        .deliveries()
+        .record_attempts(&[delivered], NEVER)
+        .await
+        .unwrap();
     assert_eq!(
         queue(&db, webhook).await,
         [(2, true), (3, false), (4, false)]
@@ -141,15 +165,17 @@ async fn a_stranded_waiting_delivery_is_found_and_one_behind_a_head_is_left() {
         .unwrap();
     assert!(
         store
+            .deliveries()
             .claim_deliveries(10, 32, &[], HOLD)
             .await
             .unwrap()
             .is_empty()
     );
-    assert_eq!(store.promote_stranded(None).await.unwrap(), 1);
+    assert_eq!(store.deliveries().promote_stranded(None).await.unwrap(), 1);
     assert_eq!(queue(&db, webhook).await, [(1, true), (2, false)]);
     assert_eq!(
         store
+            .deliveries()
             .promote_stranded(Some(Duration::from_secs(60)))
             .await
             .unwrap(),

@@ -83,6 +83,7 @@ async fn write(store: &Store, accounts: usize, top_ups: i64) -> Vec<Uuid> {
     for _ in 0..accounts {
         let id = Uuid::new_v4();
         store
+            .commands()
             .create_account(id, &meta(), &new_account(PlanType::Unlimited))
             .await
             .unwrap()
@@ -94,7 +95,13 @@ async fn write(store: &Store, accounts: usize, top_ups: i64) -> Vec<Uuid> {
         .flat_map(|&id| (0..top_ups).map(move |n| (id, n)));
     futures::future::join_all(writes.map(|(id, n)| {
         let store = store.clone();
-        async move { store.execute(id, &meta(), &add(1 + n)).await.unwrap() }
+        async move {
+            store
+                .commands()
+                .execute(id, &meta(), &add(1 + n))
+                .await
+                .unwrap()
+        }
     }))
     .await;
     ids
@@ -105,7 +112,7 @@ async fn feed(store: &Store) -> Vec<(Uuid, i64)> {
     let mut all = Vec::new();
     let mut cursor = Cursor::START;
     loop {
-        let events = store.read_feed(cursor, 1_000).await.unwrap();
+        let events = store.feed().read_feed(cursor, 1_000).await.unwrap();
         let Some(last) = events.last() else {
             return all;
         };
@@ -142,7 +149,7 @@ async fn a_follower_hands_every_event_once_in_feed_order_and_moves_its_checkpoin
     // The checkpoint moves once the handler has returned: soon after the
     // last batch was seen, not necessarily before.
     let deadline = tokio::time::Instant::now() + SOON;
-    while store.feed_lag("test").await.unwrap().events != 0 {
+    while store.feed().feed_lag("test").await.unwrap().events != 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the checkpoint moved past every event"
@@ -227,7 +234,7 @@ impl FeedHandler for Projector {
     const READ: FeedRead = FeedRead::EventsWithoutView;
 
     async fn handle(&mut self, batch: &FeedBatch) -> Result<(), StoreError> {
-        self.0.project(batch).await.map(|_| ())
+        self.0.read_models().project(batch).await.map(|_| ())
     }
 }
 
@@ -266,11 +273,15 @@ async fn a_rebuild_beside_a_live_projector_leaves_the_tables_a_rebuild_makes() {
     };
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        store.rebuild_read_models(25).await.unwrap();
+        store
+            .read_models()
+            .rebuild_read_models_with(25, |_| {})
+            .await
+            .unwrap();
     }
     writing.await.unwrap();
     let deadline = tokio::time::Instant::now() + SOON;
-    while store.feed_lag(READ_MODELS).await.unwrap().events > 0 {
+    while store.feed().feed_lag(READ_MODELS).await.unwrap().events > 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the projector catches up"
@@ -281,6 +292,10 @@ async fn a_rebuild_beside_a_live_projector_leaves_the_tables_a_rebuild_makes() {
     assert!(live.len() >= 4 + 4 * 30, "every account and top-up");
     stop.send(true).unwrap();
     projector.await.unwrap();
-    store.rebuild_read_models(1_000).await.unwrap();
+    store
+        .read_models()
+        .rebuild_read_models_with(1_000, |_| {})
+        .await
+        .unwrap();
     assert_eq!(dump(&db).await, live, "what a rebuild alone makes");
 }

@@ -46,12 +46,14 @@ fn one_writer(db: &TestDb) -> Store {
 async fn account_with(store: &Store, credit: i64) -> Uuid {
     let id = Uuid::new_v4();
     store
+        .commands()
         .create_account(id, &meta(None, b""), &new_account(PlanType::Free))
         .await
         .unwrap()
         .unwrap();
     if credit > 0 {
         store
+            .commands()
             .execute(id, &meta(None, b""), &add(credit))
             .await
             .unwrap()
@@ -68,7 +70,7 @@ async fn all_at_once(
 ) -> Vec<Result<Answer, StoreError>> {
     let tasks = commands.into_iter().map(|(meta, cmd)| {
         let store = store.clone();
-        tokio::spawn(async move { store.execute(id, &meta, &cmd).await })
+        tokio::spawn(async move { store.commands().execute(id, &meta, &cmd).await })
     });
     futures::future::join_all(tasks)
         .await
@@ -125,10 +127,10 @@ async fn a_batch_mixing_accepted_and_rejected_commands_applies_exactly_the_accep
     let events = events_with_xid(&db, id).await;
     assert_batched(&events, "debited");
     assert_eq!(events.iter().filter(|(t, _)| t == "debited").count(), 10);
-    let account = store.account(id).await.unwrap().unwrap();
+    let account = store.accounts().account(id).await.unwrap().unwrap();
     assert_eq!(account.balance_credit, Micros::ZERO);
     assert_eq!(account.version as usize, events.len());
-    let stored = store.account_events(id).await.unwrap();
+    let stored = store.feed().account_events(id).await.unwrap();
     assert_eq!(
         stored.iter().map(|e| e.version).collect::<Vec<_>>(),
         (1..=events.len() as i64).collect::<Vec<_>>(),
@@ -164,7 +166,7 @@ async fn a_key_used_twice_in_one_batch_is_applied_once_and_the_second_gets_the_f
     assert!(reused >= 4, "{reused} of 5 refused");
     let events = events_with_xid(&db, id).await;
     assert_batched(&events, "balance_added");
-    let account = store.account(id).await.unwrap().unwrap();
+    let account = store.accounts().account(id).await.unwrap().unwrap();
     let sevens = 5 - reused as i64;
     let expected = if sevens == 1 {
         1 + 7 + 20
@@ -219,7 +221,7 @@ async fn a_database_error_in_the_middle_of_a_batch_fails_that_command_alone() {
     }
     let events = events_with_xid(&db, id).await;
     assert_eq!(events.iter().filter(|(t, _)| t == "debited").count(), 29);
-    let account = store.account(id).await.unwrap().unwrap();
+    let account = store.accounts().account(id).await.unwrap().unwrap();
     assert_eq!(account.balance_credit, Micros(10_000_000 - 29 * 10_000));
     let keys: i64 = db
         .client()
@@ -248,6 +250,7 @@ async fn two_replicas_hammering_one_account_lose_no_update_and_never_cross_the_l
         // than there is. 25 SMS fit in 250,000 micros; 60 are asked for.
         for store in [&a, &b] {
             store
+                .commands()
                 .execute(id, &meta(None, b""), &add(125_000))
                 .await
                 .unwrap()
@@ -277,13 +280,13 @@ async fn two_replicas_hammering_one_account_lose_no_update_and_never_cross_the_l
         assert_eq!(accepted, 25, "round {round}: exactly what fits, never more");
         expected_balance -= 25 * 10_000;
         for store in [&a, &b] {
-            let account = store.account(id).await.unwrap().unwrap();
+            let account = store.accounts().account(id).await.unwrap().unwrap();
             assert_eq!(account.balance_credit, Micros(expected_balance));
         }
     }
     // No lost update: every accepted change is an event, in contiguous
     // versions, and the stored state is their fold.
-    let events = a.account_events(id).await.unwrap();
+    let events = a.feed().account_events(id).await.unwrap();
     let versions: Vec<i64> = events.iter().map(|e| e.version).collect();
     assert_eq!(versions, (1..=versions.len() as i64).collect::<Vec<_>>());
     let debits = events.iter().filter(|e| e.event_type == "debited").count();
@@ -293,7 +296,7 @@ async fn two_replicas_hammering_one_account_lose_no_update_and_never_cross_the_l
     let mut fed = Vec::new();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     while fed.len() < versions.len() && tokio::time::Instant::now() < deadline {
-        for e in a.read_feed(cursor, 1_000).await.unwrap() {
+        for e in a.feed().read_feed(cursor, 1_000).await.unwrap() {
             cursor = e.cursor;
             if e.account_id == id {
                 fed.push(e.version);
@@ -310,15 +313,21 @@ async fn a_replica_never_acts_on_its_stale_copy_of_an_account_not_even_to_refuse
     let b = one_writer(&db);
     // Made through `a`, so `a` keeps a copy: no credit at all.
     let id = account_with(&a, 0).await;
-    b.execute(id, &meta(None, b""), &add(10_000))
+    b.commands()
+        .execute(id, &meta(None, b""), &add(10_000))
         .await
         .unwrap()
         .unwrap();
     // On its stale copy `a` would refuse this for want of credit.
-    let answer = a.execute(id, &meta(None, b""), &sms("m-1")).await.unwrap();
+    let answer = a
+        .commands()
+        .execute(id, &meta(None, b""), &sms("m-1"))
+        .await
+        .unwrap();
     assert!(answer.is_ok(), "decided on the stored account: {answer:?}");
     // And the other way: `b` spends what `a`'s copy still shows.
-    b.execute(id, &meta(None, b""), &add(10_000))
+    b.commands()
+        .execute(id, &meta(None, b""), &add(10_000))
         .await
         .unwrap()
         .unwrap();
@@ -331,21 +340,27 @@ async fn a_replica_never_acts_on_its_stale_copy_of_an_account_not_even_to_refuse
         bucket: Default::default(),
         expires_at: None,
     });
-    a.execute(id, &meta(None, b""), &add(1))
+    a.commands()
+        .execute(id, &meta(None, b""), &add(1))
         .await
         .unwrap()
         .unwrap();
-    b.execute(id, &meta(None, b""), &spend)
+    b.commands()
+        .execute(id, &meta(None, b""), &spend)
         .await
         .unwrap()
         .unwrap();
     // `a`'s copy shows 10,001 micros; the account holds 1.
-    let answer = a.execute(id, &meta(None, b""), &sms("m-2")).await.unwrap();
+    let answer = a
+        .commands()
+        .execute(id, &meta(None, b""), &sms("m-2"))
+        .await
+        .unwrap();
     assert!(
         matches!(answer, Err(Rejection::InsufficientBalance { .. })),
         "{answer:?}"
     );
-    let account = a.account(id).await.unwrap().unwrap();
+    let account = a.accounts().account(id).await.unwrap().unwrap();
     assert_eq!(account.balance_credit, Micros(1));
 }
 
@@ -370,32 +385,40 @@ async fn what_the_fast_path_takes_for_new_is_checked_by_the_database() {
         used_quantity: 0,
     });
     store
+        .commands()
         .execute(id, &meta(None, b""), &reserve)
         .await
         .unwrap()
         .unwrap();
     store
+        .commands()
         .execute(id, &meta(None, b""), &commit)
         .await
         .unwrap()
         .unwrap();
-    let again = store.execute(id, &meta(None, b""), &reserve).await.unwrap();
+    let again = store
+        .commands()
+        .execute(id, &meta(None, b""), &reserve)
+        .await
+        .unwrap();
     let Ok(Outcome::Reservation(view)) = again else {
         panic!("{again:?}");
     };
     assert_eq!(view.status, ReservationStatus::Committed, "not held again");
     let first = store
+        .commands()
         .execute(id, &meta(Some("k-1"), b"h"), &sms("m"))
         .await
         .unwrap()
         .unwrap();
     let retried = store
+        .commands()
         .execute(id, &meta(Some("k-1"), b"h"), &sms("m"))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(retried, first);
-    let account = store.account(id).await.unwrap().unwrap();
+    let account = store.accounts().account(id).await.unwrap().unwrap();
     assert!(account.holds.is_empty());
     assert_eq!(account.balance_credit, Micros(100_000 - 10_000 - 10_000));
 }
@@ -418,7 +441,8 @@ async fn a_batch_sent_behind_one_that_fails_never_commits_what_that_one_would_ha
     let settle = || tokio::time::sleep(std::time::Duration::from_millis(100));
     let mut expected = 0;
     for round in 0..3 {
-        b.execute(id, &meta(None, b""), &add(10_000))
+        b.commands()
+            .execute(id, &meta(None, b""), &add(10_000))
             .await
             .unwrap()
             .unwrap();
@@ -431,12 +455,12 @@ async fn a_batch_sent_behind_one_that_fails_never_commits_what_that_one_would_ha
             .unwrap();
         let first = {
             let a = a.clone();
-            tokio::spawn(async move { a.execute(id, &meta(None, b""), &add(1)).await })
+            tokio::spawn(async move { a.commands().execute(id, &meta(None, b""), &add(1)).await })
         };
         settle().await;
         let second = {
             let a = a.clone();
-            tokio::spawn(async move { a.execute(id, &meta(None, b""), &add(5)).await })
+            tokio::spawn(async move { a.commands().execute(id, &meta(None, b""), &add(5)).await })
         };
         settle().await;
         blocker
@@ -455,10 +479,10 @@ async fn a_batch_sent_behind_one_that_fails_never_commits_what_that_one_would_ha
             (expected - 5, expected),
             "round {round}"
         );
-        let account = b.account(id).await.unwrap().unwrap();
+        let account = b.accounts().account(id).await.unwrap().unwrap();
         assert_eq!(account.balance_credit, Micros(expected), "round {round}");
     }
-    let events = a.account_events(id).await.unwrap();
+    let events = a.feed().account_events(id).await.unwrap();
     let versions: Vec<i64> = events.iter().map(|e| e.version).collect();
     assert_eq!(versions, (1..=versions.len() as i64).collect::<Vec<_>>());
 }
@@ -481,7 +505,8 @@ async fn a_refusal_sent_behind_a_batch_that_fails_is_never_decided_on_what_that_
     let settle = || tokio::time::sleep(std::time::Duration::from_millis(100));
     let mut expected = 0;
     for round in 0..3 {
-        b.execute(id, &meta(None, b""), &add(10_000))
+        b.commands()
+            .execute(id, &meta(None, b""), &add(10_000))
             .await
             .unwrap()
             .unwrap();
@@ -493,13 +518,13 @@ async fn a_refusal_sent_behind_a_batch_that_fails_is_never_decided_on_what_that_
             .unwrap();
         let first = {
             let a = a.clone();
-            tokio::spawn(async move { a.execute(id, &meta(None, b""), &add(1)).await })
+            tokio::spawn(async move { a.commands().execute(id, &meta(None, b""), &add(1)).await })
         };
         settle().await;
         let second = {
             let a = a.clone();
             let sms = sms(&format!("m-{round}"));
-            tokio::spawn(async move { a.execute(id, &meta(None, b""), &sms).await })
+            tokio::spawn(async move { a.commands().execute(id, &meta(None, b""), &sms).await })
         };
         settle().await;
         blocker
@@ -514,7 +539,7 @@ async fn a_refusal_sent_behind_a_batch_that_fails_is_never_decided_on_what_that_
         );
         // b's top-up and a's add(1), less one message at 10,000 micros.
         expected += 10_000 + 1 - 10_000;
-        let account = b.account(id).await.unwrap().unwrap();
+        let account = b.accounts().account(id).await.unwrap().unwrap();
         assert_eq!(account.balance_credit, Micros(expected), "round {round}");
     }
 }

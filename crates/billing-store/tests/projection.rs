@@ -14,6 +14,7 @@ use uuid::Uuid;
 async fn account(store: &Store, plan: PlanType) -> Uuid {
     let id = Uuid::new_v4();
     store
+        .commands()
         .create_account(id, &meta(), &new_account(plan))
         .await
         .unwrap()
@@ -26,8 +27,12 @@ async fn account(store: &Store, plan: PlanType) -> Uuid {
 async fn catch_up(store: &Store) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let report = store.project_batch(READ_MODELS, 200).await.unwrap();
-        let lag = store.feed_lag(READ_MODELS).await.unwrap();
+        let report = store
+            .read_models()
+            .project_batch(READ_MODELS, 200)
+            .await
+            .unwrap();
+        let lag = store.feed().feed_lag(READ_MODELS).await.unwrap();
         if report.is_some_and(|r| r.gap.is_none()) && lag.events == 0 {
             return;
         }
@@ -66,14 +71,16 @@ async fn dump(db: &TestDb) -> (Vec<String>, Vec<String>) {
 async fn assert_consistent(store: &Store, db: &TestDb, accounts: &[Uuid]) {
     let client = db.client().await;
     for &id in accounts {
-        let events = store.account_events(id).await.unwrap();
+        let events = store.feed().account_events(id).await.unwrap();
         let mut folded = Account::fold(id, events.iter().map(|e| (&e.event, e.occurred_at)))
             .unwrap()
             .unwrap();
         folded.holds.clear();
-        let (projected, balances) = store.read_model_account(id).await.unwrap().unwrap();
+        let (projected, balances) = billing_testkit::rows::read_model_account(&client, id)
+            .await
+            .unwrap();
         assert_eq!(projected, folded, "read model == fresh fold");
-        let command_side = store.account(id).await.unwrap().unwrap();
+        let command_side = store.accounts().account(id).await.unwrap().unwrap();
         assert_eq!(projected.balance_credit, command_side.balance_credit);
         assert_eq!(balances.balance_credit, projected.balance_credit);
         let row = client
@@ -171,7 +178,7 @@ proptest! {
                     Command::Release { reservation_id } => Command::Release { reservation_id: format!("{n}-{reservation_id}") },
                     other => other,
                 };
-                let _ = store.execute(accounts[n], &meta(), &command).await.unwrap();
+                let _ = store.commands().execute(accounts[n], &meta(), &command).await.unwrap();
                 if i % 7 == 0 {
                     catch_up(&store).await;
                 }
@@ -179,7 +186,7 @@ proptest! {
             catch_up(&store).await;
             assert_consistent(&store, &db, &accounts).await;
             let live = dump(&db).await;
-            store.rebuild_read_models(50).await.unwrap();
+            store.read_models().rebuild_read_models_with(50, |_| {}).await.unwrap();
             assert_eq!(dump(&db).await, live, "a rebuild produces identical tables");
         });
     }
@@ -208,23 +215,46 @@ async fn the_projector_never_skips_an_event_of_a_slow_open_transaction() {
         .await
         .unwrap();
     store
+        .commands()
         .execute(fast_account, &meta(), &add(5))
         .await
         .unwrap()
         .unwrap();
     for _ in 0..10 {
-        store.project_batch(READ_MODELS, 100).await.unwrap();
+        store
+            .read_models()
+            .project_batch(READ_MODELS, 100)
+            .await
+            .unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(
-        store.projected_version(fast_account).await.unwrap(),
+        store
+            .read_models()
+            .projected_version(fast_account)
+            .await
+            .unwrap(),
         1,
         "nothing past the open transaction"
     );
     slow_tx.commit().await.unwrap();
     catch_up(&store).await;
-    assert_eq!(store.projected_version(slow_account).await.unwrap(), 2);
-    assert_eq!(store.projected_version(fast_account).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .read_models()
+            .projected_version(slow_account)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .read_models()
+            .projected_version(fast_account)
+            .await
+            .unwrap(),
+        2
+    );
 }
 
 #[tokio::test]
@@ -233,6 +263,7 @@ async fn applying_events_again_changes_nothing() {
     let store = Store::connect(&db.url, 4, RateTable::default()).unwrap();
     let id = account(&store, PlanType::Free).await;
     store
+        .commands()
         .execute(id, &meta(), &add(1_000))
         .await
         .unwrap()
@@ -246,6 +277,7 @@ async fn applying_events_again_changes_nothing() {
         .await
         .unwrap();
     let report = store
+        .read_models()
         .project_batch(READ_MODELS, 100)
         .await
         .unwrap()
@@ -267,6 +299,7 @@ async fn an_event_ahead_of_its_predecessor_stops_the_projector_instead_of_being_
     let mut gap = None;
     for _ in 0..100 {
         let report = store
+            .read_models()
             .project_batch(READ_MODELS, 100)
             .await
             .unwrap()
@@ -279,9 +312,9 @@ async fn an_event_ahead_of_its_predecessor_stops_the_projector_instead_of_being_
     }
     let gap = gap.expect("the gap is reported");
     assert_eq!((gap.account_id, gap.expected, gap.found), (id, 2, 3));
-    assert_eq!(store.projected_version(id).await.unwrap(), 1);
+    assert_eq!(store.read_models().projected_version(id).await.unwrap(), 1);
     assert_eq!(
-        store.feed_lag(READ_MODELS).await.unwrap().events,
+        store.feed().feed_lag(READ_MODELS).await.unwrap().events,
         1,
         "the cursor did not pass it"
     );
@@ -299,7 +332,12 @@ async fn two_projector_replicas_produce_the_same_tables_as_one() {
             tokio::spawn(async move {
                 let mut applied = 0;
                 for _ in 0..400 {
-                    if let Some(report) = replica.project_batch(READ_MODELS, 7).await.unwrap() {
+                    if let Some(report) = replica
+                        .read_models()
+                        .project_batch(READ_MODELS, 7)
+                        .await
+                        .unwrap()
+                    {
                         applied += report.applied;
                     }
                     tokio::task::yield_now().await;
@@ -315,6 +353,7 @@ async fn two_projector_replicas_produce_the_same_tables_as_one() {
             let store = store.clone();
             async move {
                 store
+                    .commands()
                     .execute(id, &meta(), &add(100 + n))
                     .await
                     .unwrap()
@@ -334,7 +373,11 @@ async fn two_projector_replicas_produce_the_same_tables_as_one() {
     );
     assert_consistent(&store, &db, &accounts).await;
     let live = dump(&db).await;
-    store.rebuild_read_models(1_000).await.unwrap();
+    store
+        .read_models()
+        .rebuild_read_models_with(1_000, |_| {})
+        .await
+        .unwrap();
     assert_eq!(
         dump(&db).await,
         live,
@@ -343,7 +386,10 @@ async fn two_projector_replicas_produce_the_same_tables_as_one() {
     let per_account: BTreeMap<Uuid, i64> = {
         let mut m = BTreeMap::new();
         for id in &accounts {
-            m.insert(*id, store.projected_version(*id).await.unwrap());
+            m.insert(
+                *id,
+                store.read_models().projected_version(*id).await.unwrap(),
+            );
         }
         m
     };

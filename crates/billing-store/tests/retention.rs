@@ -1,7 +1,7 @@
-//! Retention (`Store::remove_expired`): idempotency records and resolved
-//! reservations older than their windows go, younger ones and live holds
-//! stay, a retry inside the window still gets the first answer, and the
-//! batches neither take account locks nor wait for the command path.
+//! Retention (`Maintenance::remove_expired`): idempotency records and
+//! resolved reservations older than their windows go, younger ones and live
+//! holds stay, a retry inside the window still gets the first answer, and
+//! the batches neither take account locks nor wait for the command path.
 //! Against PostgreSQL, with a pinned clock.
 
 mod support;
@@ -69,11 +69,13 @@ fn commit(id: &str) -> Command {
 async fn account(store: &Store, credit: i64) -> Uuid {
     let id = Uuid::new_v4();
     store
+        .commands()
         .create_account(id, &keyed(None), &new_account(PlanType::Free))
         .await
         .unwrap()
         .unwrap();
     store
+        .commands()
         .execute(id, &keyed(None), &add(credit))
         .await
         .unwrap()
@@ -117,31 +119,38 @@ async fn history(store: &Store, clock: &Mutex<DateTime<Utc>>) -> (Uuid, Outcome)
     let idle = account(store, 100_000_000).await;
     let ok = |a: billing_store::Answer| a.unwrap();
     ok(store
+        .commands()
         .execute(id, &keyed(Some("old")), &add(1_000))
         .await
         .unwrap());
     ok(store
+        .commands()
         .execute(id, &keyed(None), &reserve("call-old"))
         .await
         .unwrap());
     ok(store
+        .commands()
         .execute_on_reservation(&keyed(None), &commit("call-old"))
         .await
         .unwrap());
     ok(store
+        .commands()
         .execute(idle, &keyed(None), &reserve("call-live"))
         .await
         .unwrap());
     *clock.lock().unwrap() = start() + Duration::days(6);
     let young = ok(store
+        .commands()
         .execute(id, &keyed(Some("young")), &add(1_000))
         .await
         .unwrap());
     ok(store
+        .commands()
         .execute(id, &keyed(None), &reserve("call-young"))
         .await
         .unwrap());
     ok(store
+        .commands()
         .execute_on_reservation(&keyed(None), &commit("call-young"))
         .await
         .unwrap());
@@ -156,6 +165,7 @@ async fn records_older_than_the_window_go_and_younger_ones_and_live_holds_stay()
 
     // Six days in, nothing is a week old yet.
     let removed = store
+        .maintenance()
         .remove_expired(Some(WEEK), Some(WEEK), 10)
         .await
         .unwrap();
@@ -164,6 +174,7 @@ async fn records_older_than_the_window_go_and_younger_ones_and_live_holds_stay()
 
     *clock.lock().unwrap() = start() + Duration::days(7) + Duration::seconds(1);
     let removed = store
+        .maintenance()
         .remove_expired(Some(WEEK), Some(WEEK), 10)
         .await
         .unwrap();
@@ -180,7 +191,11 @@ async fn records_older_than_the_window_go_and_younger_ones_and_live_holds_stay()
 
     // A window of `None` keeps everything, whatever its age.
     *clock.lock().unwrap() = start() + Duration::days(400);
-    let removed = store.remove_expired(None, None, 10).await.unwrap();
+    let removed = store
+        .maintenance()
+        .remove_expired(None, None, 10)
+        .await
+        .unwrap();
     assert_eq!(removed, billing_store::Removed::default());
     assert_eq!(rows(&db, "idempotency_keys").await, 1);
 }
@@ -192,21 +207,32 @@ async fn a_retry_inside_the_window_replays_the_first_answer_after_a_sweep_and_on
     let (store, clock) = pinned(&db);
     let (id, young) = history(&store, &clock).await;
     *clock.lock().unwrap() = start() + Duration::days(7) + Duration::seconds(1);
-    let first_commit = store.reservation("call-young").await.unwrap().unwrap();
+    let client = db.client().await;
+    let reservation = || billing_testkit::rows::reservation(&client, "call-young", store.now());
+    let first_commit = reservation().await.unwrap();
     store
+        .maintenance()
         .remove_expired(Some(WEEK), Some(WEEK), 10)
         .await
         .unwrap();
-    let balance = store.account(id).await.unwrap().unwrap().balance_credit;
+    let balance = store
+        .accounts()
+        .account(id)
+        .await
+        .unwrap()
+        .unwrap()
+        .balance_credit;
 
     // Inside the window: the first answer, applied once.
     let again = store
+        .commands()
         .execute(id, &keyed(Some("young")), &add(1_000))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(again, young, "the first answer, not the account now");
     let commit_again = store
+        .commands()
         .execute_on_reservation(&keyed(None), &commit("call-young"))
         .await
         .unwrap()
@@ -215,12 +241,15 @@ async fn a_retry_inside_the_window_replays_the_first_answer_after_a_sweep_and_on
         panic!("{commit_again:?}")
     };
     assert_eq!(commit_again.reservation_id, "call-young");
+    assert_eq!(reservation().await.unwrap(), first_commit);
     assert_eq!(
-        store.reservation("call-young").await.unwrap().unwrap(),
-        first_commit
-    );
-    assert_eq!(
-        store.account(id).await.unwrap().unwrap().balance_credit,
+        store
+            .accounts()
+            .account(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .balance_credit,
         balance,
         "nothing applied twice"
     );
@@ -230,22 +259,36 @@ async fn a_retry_inside_the_window_replays_the_first_answer_after_a_sweep_and_on
     // the README says).
     assert_eq!(
         store
+            .commands()
             .execute_on_reservation(&keyed(None), &commit("call-old"))
             .await
             .unwrap(),
         Err(Rejection::ReservationNotFound)
     );
     assert_eq!(
-        store.account(id).await.unwrap().unwrap().balance_credit,
+        store
+            .accounts()
+            .account(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .balance_credit,
         balance
     );
     store
+        .commands()
         .execute(id, &keyed(Some("old")), &add(1_000))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(
-        store.account(id).await.unwrap().unwrap().balance_credit,
+        store
+            .accounts()
+            .account(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .balance_credit,
         Micros(balance.get() + 1_000)
     );
 }
@@ -261,6 +304,7 @@ async fn retention_batches_take_no_account_lock_and_skip_rows_the_command_path_h
     let id = account(&store, 1).await;
     for n in 0..20 {
         store
+            .commands()
             .execute(id, &keyed(Some(&format!("old-{n:02}"))), &add(1))
             .await
             .unwrap()
@@ -292,7 +336,9 @@ async fn retention_batches_take_no_account_lock_and_skip_rows_the_command_path_h
 
     let removed = tokio::time::timeout(
         StdDuration::from_secs(10),
-        store.remove_expired(Some(WEEK), Some(WEEK), 10),
+        store
+            .maintenance()
+            .remove_expired(Some(WEEK), Some(WEEK), 10),
     )
     .await
     .expect("retention waited for the command path")
@@ -321,11 +367,13 @@ async fn retention_batches_take_no_account_lock_and_skip_rows_the_command_path_h
     // The command path is not held up by retention either, and the next
     // pass takes what was locked.
     store
+        .commands()
         .execute(id, &keyed(None), &add(1))
         .await
         .unwrap()
         .unwrap();
     let removed = store
+        .maintenance()
         .remove_expired(Some(WEEK), Some(WEEK), 10)
         .await
         .unwrap();

@@ -33,12 +33,14 @@ fn meta(key: Option<&str>, operation: &'static str, hash: &[u8]) -> RequestMeta 
 async fn created(store: &Store, plan: PlanType, credit: i64) -> Uuid {
     let id = Uuid::new_v4();
     store
+        .commands()
         .create_account(id, &meta(None, "create", b""), &new_account(plan))
         .await
         .unwrap()
         .unwrap();
     if credit > 0 {
         store
+            .commands()
             .execute(id, &meta(None, "add", b""), &add(credit))
             .await
             .unwrap()
@@ -59,12 +61,13 @@ async fn appended_events_load_back_in_version_order_and_fold_to_the_state() {
         reference_id: "msg-1".into(),
     });
     store
+        .commands()
         .execute(id, &meta(None, "debit", b""), &debit)
         .await
         .unwrap()
         .unwrap();
 
-    let events = store.account_events(id).await.unwrap();
+    let events = store.feed().account_events(id).await.unwrap();
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     assert_eq!(
         types,
@@ -99,7 +102,7 @@ async fn appended_events_load_back_in_version_order_and_fold_to_the_state() {
         (4, Micros(30_000), "Primary Account")
     );
 
-    let state = store.account(id).await.unwrap().unwrap();
+    let state = store.accounts().account(id).await.unwrap().unwrap();
     let folded = Account::fold(id, events.iter().map(|e| (&e.event, e.occurred_at)))
         .unwrap()
         .unwrap();
@@ -124,6 +127,7 @@ async fn concurrent_commands_on_one_account_serialize_into_contiguous_versions()
         let store = store.clone();
         tokio::spawn(async move {
             store
+                .commands()
                 .execute(id, &meta(None, "add", b""), &add(1_000))
                 .await
         })
@@ -131,11 +135,17 @@ async fn concurrent_commands_on_one_account_serialize_into_contiguous_versions()
     for task in futures::future::join_all(tasks).await {
         task.unwrap().unwrap().unwrap();
     }
-    let events = store.account_events(id).await.unwrap();
+    let events = store.feed().account_events(id).await.unwrap();
     let versions: Vec<i64> = events.iter().map(|e| e.version).collect();
     assert_eq!(versions, (1..=34).collect::<Vec<_>>());
     assert_eq!(
-        store.account(id).await.unwrap().unwrap().balance_credit,
+        store
+            .accounts()
+            .account(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .balance_credit,
         Micros(32_000)
     );
 }
@@ -187,33 +197,44 @@ async fn an_idempotency_key_replays_the_first_outcome_and_refuses_another_reques
     let store = store(&db).await;
     let id = created(&store, PlanType::Free, 0).await;
     let first = store
+        .commands()
         .execute(id, &meta(Some("k1"), "add", b"req-a"), &add(5_000))
         .await
         .unwrap()
         .unwrap();
     store
+        .commands()
         .execute(id, &meta(None, "add", b""), &add(1))
         .await
         .unwrap()
         .unwrap();
     let again = store
+        .commands()
         .execute(id, &meta(Some("k1"), "add", b"req-a"), &add(5_000))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(again, first, "the first response, not the current state");
     let other = store
+        .commands()
         .execute(id, &meta(Some("k1"), "add", b"req-b"), &add(7))
         .await
         .unwrap();
     assert_eq!(other, Err(Rejection::IdempotencyKeyReused));
     let other_rpc = store
+        .commands()
         .execute(id, &meta(Some("k1"), "subtract", b"req-a"), &add(5_000))
         .await
         .unwrap();
     assert_eq!(other_rpc, Err(Rejection::IdempotencyKeyReused));
     assert_eq!(
-        store.account(id).await.unwrap().unwrap().balance_credit,
+        store
+            .accounts()
+            .account(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .balance_credit,
         Micros(5_001)
     );
 
@@ -222,6 +243,7 @@ async fn an_idempotency_key_replays_the_first_outcome_and_refuses_another_reques
         let store = store.clone();
         tokio::spawn(async move {
             store
+                .commands()
                 .execute(id, &meta(Some("k2"), "add", b"req-c"), &add(100))
                 .await
         })
@@ -233,7 +255,13 @@ async fn an_idempotency_key_replays_the_first_outcome_and_refuses_another_reques
         .collect();
     assert!(outcomes.windows(2).all(|w| w[0] == w[1]));
     assert_eq!(
-        store.account(id).await.unwrap().unwrap().balance_credit,
+        store
+            .accounts()
+            .account(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .balance_credit,
         Micros(5_101)
     );
 }
@@ -243,7 +271,7 @@ async fn a_rejected_command_changes_nothing() {
     let db = TestDb::new().await;
     let store = store(&db).await;
     let id = created(&store, PlanType::Free, 1_000).await;
-    let before = store.account_events(id).await.unwrap();
+    let before = store.feed().account_events(id).await.unwrap();
     let debit = Command::Debit(Debit {
         service_type: ServiceType::Number,
         usage: Usage::Quantity(1),
@@ -251,11 +279,12 @@ async fn a_rejected_command_changes_nothing() {
         reference_id: String::new(),
     });
     let answer = store
+        .commands()
         .execute(id, &meta(Some("k"), "debit", b"x"), &debit)
         .await
         .unwrap();
     assert!(matches!(answer, Err(Rejection::InsufficientBalance { .. })));
-    assert_eq!(store.account_events(id).await.unwrap(), before);
+    assert_eq!(store.feed().account_events(id).await.unwrap(), before);
     let keys = rows(&db, "idempotency_keys").await;
     assert_eq!(
         keys, 0,
@@ -275,7 +304,7 @@ async fn follow(
 ) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(ms);
     while seen.len() < want && tokio::time::Instant::now() < deadline {
-        for e in store.read_feed(*cursor, 1_000).await.unwrap() {
+        for e in store.feed().read_feed(*cursor, 1_000).await.unwrap() {
             assert!(e.cursor > *cursor, "the cursor only moves forward");
             *cursor = e.cursor;
             seen.push((e.account_id, e.version));
@@ -305,6 +334,7 @@ async fn the_feed_never_skips_an_event_of_a_slow_open_transaction() {
     // A fast writer commits meanwhile: a reader following `position` alone
     // would read it and move past the slow one's lower position for good.
     store
+        .commands()
         .execute(b, &meta(None, "add", b""), &add(5))
         .await
         .unwrap()
@@ -341,6 +371,7 @@ async fn concurrent_reserves_never_cross_a_hard_limit() {
                 ttl_seconds: 600,
             });
             store
+                .commands()
                 .execute(id, &meta(None, "reserve", b""), &cmd)
                 .await
                 .unwrap()
@@ -356,6 +387,7 @@ async fn concurrent_reserves_never_cross_a_hard_limit() {
         "95,000 micros hold exactly nine 10,000-micro minutes"
     );
     let view = store
+        .accounts()
         .account(id)
         .await
         .unwrap()
@@ -377,7 +409,12 @@ async fn per_account_the_feed_is_in_version_order_under_concurrency() {
         let id = created(&store, PlanType::Free, 0).await;
         let tasks = (0..300).map(|_| {
             let store = store.clone();
-            tokio::spawn(async move { store.execute(id, &meta(None, "add", b""), &add(1)).await })
+            tokio::spawn(async move {
+                store
+                    .commands()
+                    .execute(id, &meta(None, "add", b""), &add(1))
+                    .await
+            })
         });
         for task in futures::future::join_all(tasks).await {
             task.unwrap().unwrap().unwrap();
@@ -385,7 +422,7 @@ async fn per_account_the_feed_is_in_version_order_under_concurrency() {
         let mut versions = Vec::new();
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
         while versions.len() < 302 && tokio::time::Instant::now() < deadline {
-            for e in store.read_feed(cursor, 1_000).await.unwrap() {
+            for e in store.feed().read_feed(cursor, 1_000).await.unwrap() {
                 cursor = e.cursor;
                 versions.push(e.version);
             }
@@ -426,6 +463,7 @@ async fn the_feed_is_in_xid_order_across_a_digit_boundary() {
         .unwrap();
     for _ in 0..30 {
         store
+            .commands()
             .execute(id, &meta(None, "add", b""), &add(1))
             .await
             .unwrap()
@@ -450,7 +488,7 @@ async fn the_feed_is_in_xid_order_across_a_digit_boundary() {
     let mut versions = Vec::new();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     while versions.len() < 31 && tokio::time::Instant::now() < deadline {
-        for e in store.read_feed(cursor, 3).await.unwrap() {
+        for e in store.feed().read_feed(cursor, 3).await.unwrap() {
             assert!(e.cursor > cursor);
             cursor = e.cursor;
             versions.push(e.version);
@@ -477,12 +515,14 @@ async fn the_monthly_token_reset_is_due_on_the_first_and_recorded_once() {
         reference_id: String::new(),
     });
     store
+        .commands()
         .execute(id, &meta(None, "debit", b""), &vn)
         .await
         .unwrap()
         .unwrap();
     assert!(
         store
+            .maintenance()
             .accounts_due_for_housekeeping(10)
             .await
             .unwrap()
@@ -492,18 +532,33 @@ async fn the_monthly_token_reset_is_due_on_the_first_and_recorded_once() {
     *clock.lock().unwrap() = Utc.with_ymd_and_hms(2026, 4, 1, 0, 0, 1).unwrap();
     // A read already shows the reset; the sweeper then records it, once.
     assert_eq!(
-        store.account(id).await.unwrap().unwrap().balance_token,
+        store
+            .accounts()
+            .account(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .balance_token,
         Tokens(100)
     );
-    assert_eq!(store.accounts_due_for_housekeeping(10).await.unwrap(), [id]);
+    assert_eq!(
+        store
+            .maintenance()
+            .accounts_due_for_housekeeping(10)
+            .await
+            .unwrap(),
+        [id]
+    );
     for _ in 0..2 {
         store
+            .commands()
             .execute(id, &meta(None, "housekeep", b""), &Command::Housekeep)
             .await
             .unwrap()
             .unwrap();
     }
     let types: Vec<String> = store
+        .feed()
         .account_events(id)
         .await
         .unwrap()
@@ -522,12 +577,13 @@ async fn the_monthly_token_reset_is_due_on_the_first_and_recorded_once() {
     );
     assert!(
         store
+            .maintenance()
             .accounts_due_for_housekeeping(10)
             .await
             .unwrap()
             .is_empty()
     );
-    let account = store.account(id).await.unwrap().unwrap();
+    let account = store.accounts().account(id).await.unwrap().unwrap();
     assert_eq!(account.balance_token, Tokens(100));
     assert_eq!(
         account.tm_next_topup,
@@ -560,17 +616,24 @@ async fn a_repeated_commit_replays_the_first_outcome_from_a_row_that_keeps_no_ac
     let id = created(&store, PlanType::Free, 1_000_000).await;
     let m = meta(None, "call", b"");
     store
+        .commands()
         .execute(id, &m, &reserve("r1", 5))
         .await
         .unwrap()
         .unwrap();
     let first = store
+        .commands()
         .execute(id, &m, &commit("r1", 61_000))
         .await
         .unwrap()
         .unwrap();
     // Later changes, so that the account no longer looks as it did then.
-    store.execute(id, &m, &add(7)).await.unwrap().unwrap();
+    store
+        .commands()
+        .execute(id, &m, &add(7))
+        .await
+        .unwrap()
+        .unwrap();
 
     let client = db.client().await;
     let stored: String = client
@@ -587,6 +650,7 @@ async fn a_repeated_commit_replays_the_first_outcome_from_a_row_that_keeps_no_ac
     // A new store: nothing cached, so the replay reads the row back.
     let fresh = Store::connect(&db.url, 4, RateTable::default()).unwrap();
     let again = fresh
+        .commands()
         .execute(id, &m, &commit("r1", 170_000))
         .await
         .unwrap()
@@ -607,6 +671,7 @@ async fn a_repeated_commit_replays_the_first_outcome_from_a_row_that_keeps_no_ac
         .unwrap();
     let fresh = Store::connect(&db.url, 4, RateTable::default()).unwrap();
     let again = fresh
+        .commands()
         .execute(id, &m, &commit("r1", 1_000))
         .await
         .unwrap()
@@ -621,6 +686,7 @@ async fn a_hold_extended_and_committed_in_one_batch_is_stored_as_extended() {
     let id = created(&store, PlanType::Free, 1_000_000).await;
     let m = meta(None, "call", b"");
     store
+        .commands()
         .execute(id, &m, &reserve("r2", 2))
         .await
         .unwrap()
@@ -633,8 +699,8 @@ async fn a_hold_extended_and_committed_in_one_batch_is_stored_as_extended() {
     });
     let commit_r2 = commit("r2", 240_000);
     let (extended, committed) = tokio::join!(
-        store.execute(id, &m, &extend),
-        store.execute(id, &m, &commit_r2),
+        store.commands().execute(id, &m, &extend),
+        store.commands().execute(id, &m, &commit_r2),
     );
     let Outcome::Commit(c) = committed.unwrap().unwrap() else {
         panic!("a commit outcome");
@@ -672,8 +738,14 @@ async fn an_idempotency_record_keeps_no_account_view_and_replays_the_first_outco
         reference_id: "batch-1".into(),
     });
     let keyed = meta(Some("debit-1"), "debit", b"req-debit");
-    let first = store.execute(id, &keyed, &debit).await.unwrap().unwrap();
+    let first = store
+        .commands()
+        .execute(id, &keyed, &debit)
+        .await
+        .unwrap()
+        .unwrap();
     store
+        .commands()
         .execute(id, &meta(None, "add", b""), &add(5))
         .await
         .unwrap()
@@ -691,7 +763,12 @@ async fn an_idempotency_record_keeps_no_account_view_and_replays_the_first_outco
     assert!(!stored.contains("\"account\""), "{stored}");
     assert!(stored.contains("\"account_version\""), "{stored}");
 
-    let again = store.execute(id, &keyed, &debit).await.unwrap().unwrap();
+    let again = store
+        .commands()
+        .execute(id, &keyed, &debit)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(again, first, "the first reply, account view included");
 
     // A record in the whole form (written before) replays the same.
@@ -703,10 +780,21 @@ async fn an_idempotency_record_keeps_no_account_view_and_replays_the_first_outco
         .await
         .unwrap();
     let fresh = Store::connect(&db.url, 4, RateTable::default()).unwrap();
-    let again = fresh.execute(id, &keyed, &debit).await.unwrap().unwrap();
+    let again = fresh
+        .commands()
+        .execute(id, &keyed, &debit)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(again, first);
     assert_eq!(
-        fresh.account(id).await.unwrap().unwrap().balance_credit,
+        fresh
+            .accounts()
+            .account(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .balance_credit,
         Micros(1_000_000 - 30_000 + 5),
         "charged once"
     );
@@ -725,6 +813,7 @@ async fn the_publishers_feed_gives_every_event_its_predecessors_available_credit
         for (i, id) in accounts.iter().enumerate() {
             let credit = 1_000 * n + i64::try_from(i).unwrap();
             store
+                .commands()
                 .execute(*id, &meta(None, "add", b""), &add(credit))
                 .await
                 .unwrap()
@@ -737,7 +826,7 @@ async fn the_publishers_feed_gives_every_event_its_predecessors_available_credit
     let stored = rows(&db, "events").await;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     let all = loop {
-        let all = store.read_feed(Cursor::START, 1_000).await.unwrap();
+        let all = store.feed().read_feed(Cursor::START, 1_000).await.unwrap();
         if all.len() == usize::try_from(stored).unwrap() || tokio::time::Instant::now() > deadline {
             break all;
         }
@@ -755,7 +844,11 @@ async fn the_publishers_feed_gives_every_event_its_predecessors_available_credit
         let mut cursor = Cursor::START;
         let mut seen = 0;
         loop {
-            let batch = store.read_feed_with_previous(cursor, limit).await.unwrap();
+            let batch = store
+                .feed()
+                .read_feed_with_previous(cursor, limit)
+                .await
+                .unwrap();
             let Some((last, _)) = batch.last() else { break };
             cursor = last.cursor;
             for (e, previous) in &batch {

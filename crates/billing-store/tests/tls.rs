@@ -229,11 +229,12 @@ async fn encrypted(url: &str) -> bool {
         .get(0)
 }
 
-/// The error a store over `url` meets on its first use.
+/// The error a store over `url` meets on its first use (migrating, as the
+/// service's first, on a connection of the pool).
 async fn refusal(url: &str) -> String {
     let store = Store::connect(url, 1, RateTable::default()).unwrap();
     // With its causes, as the service's logs (anyhow) show it.
-    let error = connect::describe(&store.ping().await.unwrap_err());
+    let error = connect::describe(&store.migrate().await.unwrap_err());
     assert!(
         !error.contains(PASSWORD),
         "an error shows the password: {error}"
@@ -263,16 +264,18 @@ async fn every_sslmode_against_servers_that_accept_tls_only() {
     store.migrate().await.unwrap();
     let id = Uuid::new_v4();
     store
+        .commands()
         .create_account(id, &meta(), &new_account(billing_domain::PlanType::Free))
         .await
         .unwrap()
         .unwrap();
     store
+        .commands()
         .execute(id, &meta(), &add(5_000))
         .await
         .unwrap()
         .unwrap();
-    let account = store.account(id).await.unwrap().unwrap();
+    let account = store.accounts().account(id).await.unwrap().unwrap();
     assert_eq!(account.balance_credit.0, 5_000);
     assert!(encrypted(&url).await, "the session is not encrypted");
     // The other connections of their own: probe, feed lease.
@@ -281,7 +284,14 @@ async fn every_sslmode_against_servers_that_accept_tls_only() {
         .check(std::time::Duration::from_secs(10))
         .await
         .unwrap();
-    assert!(store.acquire_lease("tls-test").await.unwrap().is_some());
+    assert!(
+        store
+            .feed()
+            .acquire_lease("tls-test")
+            .await
+            .unwrap()
+            .is_some()
+    );
     // The IP address is in the certificate too.
     let by_ip = server.url(
         "127.0.0.1",
@@ -324,7 +334,7 @@ async fn every_sslmode_against_servers_that_accept_tls_only() {
     let verify_ca = other_host.url("localhost", &format!("sslmode=verify-ca&sslrootcert={ca}"));
     Store::connect(&verify_ca, 1, RateTable::default())
         .unwrap()
-        .ping()
+        .migrate()
         .await
         .unwrap();
     assert!(encrypted(&verify_ca).await);
@@ -345,7 +355,7 @@ async fn every_sslmode_against_servers_that_accept_tls_only() {
         ] {
             Store::connect(&url, 1, RateTable::default())
                 .unwrap()
-                .ping()
+                .migrate()
                 .await
                 .unwrap();
             assert!(encrypted(&url).await);

@@ -75,6 +75,7 @@ async fn history(store: &Store) -> (Uuid, BTreeMap<i64, AccountView>, Vec<(Strin
     };
     record(
         &store
+            .commands()
             .create_account(id, &meta(), &new_account(PlanType::Basic))
             .await
             .unwrap()
@@ -115,7 +116,12 @@ async fn history(store: &Store) -> (Uuid, BTreeMap<i64, AccountView>, Vec<(Strin
             )],
         };
         for (meta, command) in steps {
-            let outcome = store.execute(id, &meta, &command).await.unwrap().unwrap();
+            let outcome = store
+                .commands()
+                .execute(id, &meta, &command)
+                .await
+                .unwrap()
+                .unwrap();
             record(&outcome);
             if let Some(i) = &meta.idempotency {
                 keyed_answers.push((i.key.clone(), outcome));
@@ -160,7 +166,7 @@ async fn every_view_read_back_is_the_one_its_command_answered() {
             }
         }
     };
-    let events = store.account_events(id).await.unwrap();
+    let events = store.feed().account_events(id).await.unwrap();
     let by_events: Vec<(i64, AccountView)> = events
         .iter()
         .map(|e| (e.version, e.account_after.clone().unwrap()))
@@ -175,7 +181,7 @@ async fn every_view_read_back_is_the_one_its_command_answered() {
         let mut after = Cursor::START;
         let mut by_feed = Vec::new();
         loop {
-            let page = store.read_feed(after, 5).await.unwrap();
+            let page = store.feed().read_feed(after, 5).await.unwrap();
             let Some(end) = page.last() else { break };
             after = end.cursor;
             by_feed.extend(
@@ -188,7 +194,11 @@ async fn every_view_read_back_is_the_one_its_command_answered() {
     let uncached = Store::connect(&db.url, 4, RateTable::default())
         .unwrap()
         .with_view_cache(0);
-    let page = uncached.read_feed(Cursor::START, 1000).await.unwrap();
+    let page = uncached
+        .feed()
+        .read_feed(Cursor::START, 1000)
+        .await
+        .unwrap();
     check(
         "the feed uncached",
         page.into_iter()
@@ -198,7 +208,7 @@ async fn every_view_read_back_is_the_one_its_command_answered() {
 
     // The watch history, from every starting version.
     for from in [0, 3, EVERY, EVERY + 1, 2 * EVERY + 5] {
-        let views = cold.account_views(id, from, 1000).await.unwrap();
+        let views = cold.accounts().account_views(id, from, 1000).await.unwrap();
         assert_eq!(views.first().map(|v| v.version), Some(from + 1));
         let expected: Vec<(i64, AccountView)> = by_events
             .iter()
@@ -212,7 +222,7 @@ async fn every_view_read_back_is_the_one_its_command_answered() {
 
     // As of each event's instant (where it is the last of its instant): its
     // view, with what time made due by then (nothing, here).
-    let current = cold.account(id).await.unwrap().unwrap();
+    let current = cold.accounts().account(id).await.unwrap().unwrap();
     for (i, e) in events.iter().enumerate() {
         if events
             .get(i + 1)
@@ -221,6 +231,7 @@ async fn every_view_read_back_is_the_one_its_command_answered() {
             continue;
         }
         let as_of = cold
+            .accounts()
             .account_as_of(&current, e.occurred_at)
             .await
             .unwrap()
@@ -257,6 +268,7 @@ async fn every_view_read_back_is_the_one_its_command_answered() {
     );
     for (key, first) in &keyed_answers {
         let again = cold
+            .commands()
             .execute(id, &keyed(key), &sms())
             .await
             .unwrap()
@@ -278,12 +290,18 @@ async fn a_store_keeping_every_view_and_one_folding_them_read_each_others_events
         .with_view_snapshots(EVERY);
     let mut answered = answered;
     for _ in 0..(2 * EVERY) {
-        let outcome = folding.execute(id, &meta(), &sms()).await.unwrap().unwrap();
+        let outcome = folding
+            .commands()
+            .execute(id, &meta(), &sms())
+            .await
+            .unwrap()
+            .unwrap();
         let view = view_of(&outcome).unwrap().clone();
         answered.insert(view.version, view);
     }
     let events = Store::connect(&db.url, 4, RateTable::default())
         .unwrap()
+        .feed()
         .account_events(id)
         .await
         .unwrap();
@@ -298,6 +316,10 @@ async fn a_store_keeping_every_view_and_one_folding_them_read_each_others_events
             );
         }
     }
-    let verification = folding.verify_chains(None, |_| {}).await.unwrap();
+    let verification = folding
+        .maintenance()
+        .verify_chains(None, |_| {})
+        .await
+        .unwrap();
     assert!(verification.broken.is_none(), "{verification:?}");
 }

@@ -18,6 +18,7 @@ const SOON: Duration = Duration::from_secs(10);
 
 async fn append_an_event(store: &Store) {
     store
+        .commands()
         .create_account(Uuid::new_v4(), &meta(), &new_account(PlanType::Free))
         .await
         .unwrap()
@@ -28,7 +29,7 @@ async fn append_an_event(store: &Store) {
 async fn reader() -> (TestDb, Store, FeedWakeup) {
     let db = TestDb::new().await;
     let store = Store::connect(&db.url, 4, RateTable::default()).unwrap();
-    let wakeup = FeedWakeup::start(&store, "test");
+    let wakeup = store.feed().wakeup("test");
     (db, store, wakeup)
 }
 

@@ -165,6 +165,7 @@ async fn straddle(
         eprintln!("burnt {burn} transaction ids to {boundary} - {BELOW} in {took:?}");
         for n in 0..EVENTS {
             store
+                .commands()
                 .execute(accounts[n % accounts.len()], &meta(), &add(1))
                 .await
                 .unwrap()
@@ -184,7 +185,7 @@ async fn straddle(
     panic!("{ATTEMPTS} attempts to write events across a power of ten in the xids all missed");
 }
 
-/// Reads the feed after `after` with [`Store::read_views`], `limit` events a
+/// Reads the feed after `after` with `Feed::read_views`, `limit` events a
 /// page, until a page comes back empty: the views, and what went wrong.
 async fn read_all(
     store: &Store,
@@ -197,7 +198,11 @@ async fn read_all(
     let mut seen = Vec::new();
     // More pages than events would mean the reader goes round in circles.
     for _ in 0..=EVENTS + 1 {
-        let page = store.read_views(cursor, limit, wanted).await.unwrap();
+        let page = store
+            .feed()
+            .read_views(cursor, limit, wanted)
+            .await
+            .unwrap();
         if page.events == 0 {
             return seen;
         }
@@ -235,6 +240,7 @@ async fn the_watch_reads_are_in_xid_order_across_a_power_of_ten() {
     for _ in 0..ACCOUNTS {
         let id = Uuid::new_v4();
         store
+            .commands()
             .create_account(id, &meta(), &new_account(PlanType::Unlimited))
             .await
             .unwrap()
@@ -330,7 +336,7 @@ async fn the_watch_reads_are_in_xid_order_across_a_power_of_ten() {
         ));
     }
 
-    let head = store.feed_head().await.unwrap();
+    let head = store.feed().feed_head().await.unwrap();
     if head != last.cursor() {
         problems.push(format!(
             "the feed's head is {head:?}, not the last event {:?}",

@@ -1,5 +1,7 @@
 //! Test support: [`TestDb`] gives each test a fresh PostgreSQL database,
-//! cloned from a template that is migrated once per schema.
+//! cloned from a template that is migrated once per schema; [`rows`] reads
+//! rows straight from its tables for assertions (test SQL the store has no
+//! call for); [`pki`] makes certificates for TLS tests.
 //!
 //! The server to create databases on comes from `BILLING_TEST_DATABASE_URL`
 //! (a URL to its maintenance database). `make test` starts a throwaway
@@ -9,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod pki;
+pub mod rows;
 
 use billing_store::Connector;
 use sha2::{Digest, Sha256};

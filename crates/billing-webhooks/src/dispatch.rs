@@ -48,7 +48,7 @@ const BACKOFF: Duration = Duration::from_millis(500);
 /// How often the backlog gauges are refreshed.
 const BACKLOG_EVERY: Duration = Duration::from_secs(10);
 /// How often deliveries stranded by a race with their head's resolution
-/// are looked for, and how far back (see `Store::promote_stranded`).
+/// are looked for, and how far back (see `Deliveries::promote_stranded`).
 const STRANDED_EVERY: Duration = Duration::from_secs(1);
 const STRANDED_WINDOW: Duration = Duration::from_secs(60);
 
@@ -82,6 +82,7 @@ pub async fn run(
             let busy: Vec<(Uuid, i64)> =
                 per_webhook.iter().map(|(id, n)| (*id, *n as i64)).collect();
             match store
+                .deliveries()
                 .claim_deliveries(room as i64, config.per_webhook as i64, &busy, hold)
                 .await
             {
@@ -136,7 +137,7 @@ pub async fn run(
             () = tokio::time::sleep(config.poll) => claim_now = true,
             _ = backlog.tick() => report_backlog(&store).await,
             _ = stranded.tick() => {
-                match store.promote_stranded(stranded_window).await {
+                match store.deliveries().promote_stranded(stranded_window).await {
                     Ok(promoted) => {
                         stranded_window = Some(STRANDED_WINDOW);
                         if promoted > 0 {
@@ -176,7 +177,11 @@ async fn record(
         return;
     }
     for _ in 0..10 {
-        match store.record_attempts(done, config.disable_after).await {
+        match store
+            .deliveries()
+            .record_attempts(done, config.disable_after)
+            .await
+        {
             Ok(disabled) => {
                 for (webhook, reason) in disabled {
                     tracing::warn!(%webhook, reason, "webhook disabled");
@@ -202,7 +207,7 @@ async fn record(
 }
 
 async fn report_backlog(store: &Store) {
-    match store.delivery_backlog().await {
+    match store.deliveries().delivery_backlog().await {
         Ok(backlog) => {
             metrics::gauge!("billing_webhook_deliveries_pending").set(backlog.pending as f64);
             metrics::gauge!("billing_webhook_oldest_pending_seconds")

@@ -74,10 +74,10 @@ pub async fn record(
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let webhooks = store.webhooks_of_customers(&customers).await?;
+    let webhooks = store.deliveries().webhooks_of_customers(&customers).await?;
     if webhooks.is_empty() {
         return Ok(0);
     }
     let new = deliveries(events, &webhooks, Uuid::now_v7);
-    store.insert_deliveries(&new).await
+    store.deliveries().insert_deliveries(&new).await
 }

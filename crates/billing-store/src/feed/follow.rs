@@ -255,7 +255,7 @@ impl Follower {
         mut shutdown: watch::Receiver<bool>,
     ) -> H {
         let reader = self.reader;
-        let wakeup = FeedWakeup::start(&self.store, reader);
+        let wakeup = self.store.feed().wakeup(reader);
         while !stopping(&shutdown) {
             let Some((lease, at)) = self.take_place(&mut shutdown).await else {
                 break;
@@ -315,7 +315,7 @@ impl Follower {
             pause(&mut shutdown, BACKOFF * 4).await;
             return handler;
         }
-        let wakeup = FeedWakeup::start(&self.store, reader);
+        let wakeup = self.store.feed().wakeup(reader);
         self.follow(
             &mut handler,
             Some(Arc::new(lease)),
@@ -341,8 +341,13 @@ impl Follower {
                 return None;
             }
             let taken = match &self.start {
-                Start::Head => self.store.feed_head().await.map(|at| Some((None, at))),
-                Start::Checkpoint(name) => match self.store.acquire_lease(name).await {
+                Start::Head => self
+                    .store
+                    .feed()
+                    .feed_head()
+                    .await
+                    .map(|at| Some((None, at))),
+                Start::Checkpoint(name) => match self.store.feed().acquire_lease(name).await {
                     Ok(Some(lease)) => lease
                         .cursor()
                         .await
@@ -490,11 +495,12 @@ impl Follower {
     ) -> Result<FeedBatch, StoreError> {
         let rows = self
             .store
+            .feed()
             .feed_page(cursor, self.pace.batch, H::READ, slice)
             .await?;
         let mut batch = decode(&rows, cursor, H::READ, |id| handler.wants(id))?;
         drop(rows);
-        self.store.complete(&mut batch, H::READ).await?;
+        self.store.feed().complete(&mut batch, H::READ).await?;
         Ok(batch)
     }
 }

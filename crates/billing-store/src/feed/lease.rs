@@ -10,8 +10,8 @@
 
 use tokio::sync::Mutex;
 
-use crate::feed::{Cursor, Slice, slice_sql};
-use crate::{Store, StoreError};
+use crate::StoreError;
+use crate::feed::{Cursor, Feed, Slice, slice_sql};
 
 /// How far a feed reader is behind.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -22,25 +22,25 @@ pub struct Lag {
     pub seconds: f64,
 }
 
-impl Store {
+impl Feed<'_> {
     /// Takes the exclusive lease on checkpoint `name`, or `None` while
     /// another process holds it (see the module's comment).
-    pub async fn acquire_lease(&self, name: &str) -> Result<Option<Lease>, StoreError> {
+    pub async fn acquire_lease(self, name: &str) -> Result<Option<Lease>, StoreError> {
         self.lease(name.to_owned(), None).await
     }
 
     /// Takes the exclusive lease on slice `slice` of checkpoint `name` (its
     /// row `{name}/{index}`), or `None` while another process holds it.
-    pub async fn acquire_slice_lease(
-        &self,
+    pub(crate) async fn acquire_slice_lease(
+        self,
         name: &str,
         slice: Slice,
     ) -> Result<Option<Lease>, StoreError> {
         self.lease(slice.checkpoint(name), Some(slice)).await
     }
 
-    async fn lease(&self, name: String, slice: Option<Slice>) -> Result<Option<Lease>, StoreError> {
-        let (client, connection) = self.connector.connect().await?;
+    async fn lease(self, name: String, slice: Option<Slice>) -> Result<Option<Lease>, StoreError> {
+        let (client, connection) = self.store.connector.connect().await?;
         let driver = tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -67,7 +67,7 @@ impl Store {
     /// How far checkpoint `name` is behind the feed: for a partitioned
     /// reader (one with slice rows `{name}/{index}`), every slice's events
     /// after its checkpoint, counted together (the oldest's age).
-    pub async fn feed_lag(&self, name: &str) -> Result<Lag, StoreError> {
+    pub async fn feed_lag(self, name: &str) -> Result<Lag, StoreError> {
         let slices = self.feed_lag_slices(name).await?;
         if slices.is_empty() {
             return self.checkpoint_lag(name).await;
@@ -88,12 +88,12 @@ impl Store {
     /// one checkpoint): one scan of the feed from the oldest slice's
     /// checkpoint, each event counted against its own slice's (eight
     /// queries would each read that range).
-    pub async fn feed_lag_slices(&self, name: &str) -> Result<Vec<(Slice, Lag)>, StoreError> {
+    pub async fn feed_lag_slices(self, name: &str) -> Result<Vec<(Slice, Lag)>, StoreError> {
         let slices = self.slices(name).await?;
         let Some(first) = slices.first() else {
             return Ok(Vec::new());
         };
-        let mut client = self.pool.get().await?;
+        let mut client = self.store.pool.get().await?;
         let tx = client.transaction().await?;
         // As in `checkpoint_lag`: the range is the feed index's.
         tx.batch_execute(
@@ -140,8 +140,8 @@ impl Store {
 
     /// The slices of partitioned reader `name`, from its checkpoint rows
     /// `{name}/{index}` (none for a reader of one checkpoint).
-    pub(crate) async fn slices(&self, name: &str) -> Result<Vec<Slice>, StoreError> {
-        let client = self.pool.get().await?;
+    pub(crate) async fn slices(self, name: &str) -> Result<Vec<Slice>, StoreError> {
+        let client = self.store.pool.get().await?;
         let rows = client
             .query(
                 "SELECT split_part(name, '/', 2)::int FROM feed_checkpoints
@@ -160,8 +160,8 @@ impl Store {
     }
 
     /// How far one checkpoint row is behind the feed.
-    async fn checkpoint_lag(&self, name: &str) -> Result<Lag, StoreError> {
-        let mut client = self.pool.get().await?;
+    async fn checkpoint_lag(self, name: &str) -> Result<Lag, StoreError> {
+        let mut client = self.store.pool.get().await?;
         let tx = client.transaction().await?;
         // The events after a checkpoint are a range of the feed index; without
         // statistics the planner guesses a third of the table and reads all of
@@ -206,7 +206,7 @@ const READ_CHECKPOINT: &str =
 pub(crate) const MOVE_CHECKPOINT: &str =
     "UPDATE feed_checkpoints SET xid = $2::text::xid8, position = $3 WHERE name = $1";
 
-/// An exclusive hold on a feed checkpoint (see [`Store::acquire_lease`]).
+/// An exclusive hold on a feed checkpoint (see [`Feed::acquire_lease`]).
 #[derive(Debug)]
 pub struct Lease {
     /// The connection that holds the advisory lock. Behind a lock so that a

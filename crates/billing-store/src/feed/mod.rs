@@ -9,7 +9,10 @@
 //!
 //! - this file: the cursor (and the one parse of a stored xid), the stored
 //!   event, the one feed query ([`feed_rows`], [`COLUMNS`]) and the feed's
-//!   head, and what a reader reads of each event ([`FeedRead`]).
+//!   head, and what a reader reads of each event ([`FeedRead`]); and
+//!   [`Feed`], the handle (`store.feed()`) with the feed's direct reads
+//!   (its leases, lag and wake-ups are in [`lease`] and [`wakeup`], its
+//!   page of views in `watch.rs`).
 //! - [`follow`]: [`Follower`], the one loop that follows the feed for a
 //!   [`FeedHandler`] (waking, coalescing, polling, back-off, stand-by,
 //!   shutdown), and [`FeedBatch`], what a handler is given.
@@ -303,12 +306,20 @@ async fn head(client: &impl tokio_postgres::GenericClient) -> Result<Cursor, Sto
     row.map_or(Ok(Cursor::START), |row| Cursor::from_row(&row))
 }
 
-impl Store {
+/// The feed read directly, its checkpoints' leases and lag, and wake-ups
+/// ([`Store::feed`]). Readers that follow it go through [`Follower`] or
+/// [`Sliced`].
+#[derive(Clone, Copy, Debug)]
+pub struct Feed<'a> {
+    pub(crate) store: &'a Store,
+}
+
+impl Feed<'_> {
     /// Up to `limit` events after `after`, in feed order, from transactions
     /// that have all finished. Never skips an event: one in a transaction
     /// still open is returned after it commits, never passed over.
     pub async fn read_feed(
-        &self,
+        self,
         after: Cursor,
         limit: i64,
     ) -> Result<Vec<StoredEvent>, StoreError> {
@@ -318,10 +329,10 @@ impl Store {
             .events)
     }
 
-    /// Like [`Store::read_feed`], with each event's predecessor's available
+    /// Like [`Feed::read_feed`], with each event's predecessor's available
     /// credit (`None` for an account's first event), for crossing alerts.
     pub async fn read_feed_with_previous(
-        &self,
+        self,
         after: Cursor,
         limit: i64,
     ) -> Result<Vec<(StoredEvent, Option<i64>)>, StoreError> {
@@ -334,8 +345,8 @@ impl Store {
     /// The feed's head: the last event of the transactions that have all
     /// finished, or [`Cursor::START`]. A reader that starts here sees every
     /// event committed later, and no event behind it can still appear.
-    pub async fn feed_head(&self) -> Result<Cursor, StoreError> {
-        let client = self.pool.get().await?;
+    pub async fn feed_head(self) -> Result<Cursor, StoreError> {
+        let client = self.store.pool.get().await?;
         head(&**client).await
     }
 
@@ -343,7 +354,7 @@ impl Store {
     /// [`FeedRead::Views`], views only of the accounts `wants` names (the
     /// others' are never decoded).
     pub(crate) async fn read_batch(
-        &self,
+        self,
         after: Cursor,
         limit: i64,
         read: FeedRead,
@@ -356,15 +367,15 @@ impl Store {
         Ok(batch)
     }
 
-    /// The rows of [`Store::read_batch`]'s first step.
+    /// The rows of [`Feed::read_batch`]'s first step.
     pub(crate) async fn feed_page(
-        &self,
+        self,
         after: Cursor,
         limit: i64,
         read: FeedRead,
         slice: Option<Slice>,
     ) -> Result<Vec<Row>, StoreError> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.store.pool.get().await?;
         if slice.is_none() {
             return feed_rows(&**client, after, limit, read, None).await;
         }
@@ -382,29 +393,29 @@ impl Store {
         Ok(rows)
     }
 
-    /// [`Store::read_batch`]'s last step, after [`decode`]: what reading
+    /// [`Feed::read_batch`]'s last step, after [`decode`]: what reading
     /// the rows found missing (each event's predecessor's credit, the views
     /// of events stored without one).
     pub(crate) async fn complete(
-        &self,
+        self,
         batch: &mut FeedBatch,
         read: FeedRead,
     ) -> Result<(), StoreError> {
         if read == FeedRead::EventsWithPrevious && !batch.events.is_empty() {
-            let client = self.pool.get().await?;
+            let client = self.store.pool.get().await?;
             batch.previous = previous::available_before(&**client, &batch.events).await?;
         }
         // An event that keeps no view (`views.rs`) gets the one folded from
         // the view before it.
         if matches!(read, FeedRead::Events | FeedRead::EventsWithPrevious) {
-            self.fold_views(&mut batch.events).await?;
+            self.store.fold_views(&mut batch.events).await?;
         }
         let missing = std::mem::take(&mut batch.missing_views);
         if missing.is_empty() {
             return Ok(());
         }
         let wanted: Vec<(Uuid, i64)> = missing.iter().map(|m| (m.1, m.2)).collect();
-        let mut folded = self.views_at(&wanted).await?;
+        let mut folded = self.store.views_at(&wanted).await?;
         for (at, account_id, version) in missing.into_iter().rev() {
             let view = folded.remove(&(account_id, version)).ok_or_else(|| {
                 StoreError::Corrupt(format!("account {account_id} has no version {version}"))
@@ -423,8 +434,8 @@ impl Store {
 
     /// Every event of one account, oldest first, each with the view after
     /// it.
-    pub async fn account_events(&self, account_id: Uuid) -> Result<Vec<StoredEvent>, StoreError> {
-        let client = self.pool.get().await?;
+    pub async fn account_events(self, account_id: Uuid) -> Result<Vec<StoredEvent>, StoreError> {
+        let client = self.store.pool.get().await?;
         let sql = format!("SELECT {COLUMNS} FROM events WHERE account_id = $1 ORDER BY version");
         let rows = client.query(&sql, &[&account_id]).await?;
         drop(client);
@@ -432,12 +443,12 @@ impl Store {
             .iter()
             .map(StoredEvent::from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        self.fold_views(&mut events).await?;
+        self.store.fold_views(&mut events).await?;
         Ok(events)
     }
 }
 
-/// [`Store::read_batch`]'s middle step: the rows decoded as `read` says,
+/// [`Feed::read_batch`]'s middle step: the rows decoded as `read` says,
 /// with no await, so that `wants` (the handler's) is never held across one.
 pub(crate) fn decode(
     rows: &[Row],

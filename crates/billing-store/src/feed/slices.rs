@@ -179,7 +179,7 @@ impl Sliced {
                                     continue;
                                 }
                                 let slice = Slice::new(index);
-                                match store.acquire_slice_lease(&self.name, slice).await {
+                                match store.feed().acquire_slice_lease(&self.name, slice).await {
                                     Ok(Some(lease)) => {
                                         let (stop, stopped) = watch::channel(false);
                                         let follower = self.follower.clone();

@@ -18,7 +18,8 @@ use futures::StreamExt as _;
 use tokio::sync::{Notify, watch};
 use tokio_postgres::AsyncMessage;
 
-use crate::{Store, StoreError};
+use crate::feed::Feed;
+use crate::{Connector, StoreError};
 
 /// The channel the `events_notify` trigger notifies.
 const LISTEN: &str = "LISTEN billing_events";
@@ -37,20 +38,27 @@ pub struct FeedWakeup {
     listener: tokio::task::JoinHandle<()>,
 }
 
-impl FeedWakeup {
-    /// Wake-ups for `reader` (named in the logs). Its connection listens
-    /// from the first [`Self::wait`] on.
-    pub fn start(store: &Store, reader: &'static str) -> Self {
+impl Feed<'_> {
+    /// Wake-ups for `reader` (named in the logs). Their connection listens
+    /// from the first [`FeedWakeup::wait`] on.
+    pub fn wakeup(self, reader: &'static str) -> FeedWakeup {
         let (wanted, wanted_rx) = watch::channel(false);
         let wakeup = Arc::new(Notify::new());
-        let listener = tokio::spawn(listen(store.clone(), reader, wakeup.clone(), wanted_rx));
-        Self {
+        let listener = tokio::spawn(listen(
+            self.store.connector.clone(),
+            reader,
+            wakeup.clone(),
+            wanted_rx,
+        ));
+        FeedWakeup {
             wanted,
             wakeup,
             listener,
         }
     }
+}
 
+impl FeedWakeup {
     /// The reader has events in hand and will look again on its own (or has
     /// stopped reading for now, as a publisher standing by): no
     /// notifications until it next waits.
@@ -90,13 +98,13 @@ impl Drop for FeedWakeup {
 /// Keeps a listening connection open, reconnecting after failures, until
 /// the [`FeedWakeup`] is gone.
 async fn listen(
-    store: Store,
+    connector: Connector,
     reader: &'static str,
     wakeup: Arc<Notify>,
     mut wanted: watch::Receiver<bool>,
 ) {
     loop {
-        match store.follow_notifications(&wakeup, &mut wanted).await {
+        match follow_notifications(&connector, &wakeup, &mut wanted).await {
             Ok(()) => return,
             Err(error) => {
                 tracing::debug!(%error, reader, "LISTEN connection lost; reconnecting");
@@ -106,60 +114,58 @@ async fn listen(
     }
 }
 
-impl Store {
-    /// Listens on a connection of its own while `wanted` says so, waking
-    /// `wakeup` on every notification and whenever it starts listening.
-    /// Returns `Ok` once the sender of `wanted` is gone, an error when the
-    /// connection fails.
-    async fn follow_notifications(
-        &self,
-        wakeup: &Arc<Notify>,
-        wanted: &mut watch::Receiver<bool>,
-    ) -> Result<(), StoreError> {
-        let (client, mut connection) = self.connector.connect().await?;
-        let notified = wakeup.clone();
-        // Drives the connection (statements make progress only while it is
-        // polled) and passes notifications on.
-        let mut driver = tokio::spawn(async move {
-            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-            while let Some(message) = messages.next().await {
-                if let AsyncMessage::Notification(_) = message? {
-                    notified.notify_one();
+/// Listens on a connection of its own while `wanted` says so, waking
+/// `wakeup` on every notification and whenever it starts listening. Returns
+/// `Ok` once the sender of `wanted` is gone, an error when the connection
+/// fails.
+async fn follow_notifications(
+    connector: &Connector,
+    wakeup: &Arc<Notify>,
+    wanted: &mut watch::Receiver<bool>,
+) -> Result<(), StoreError> {
+    let (client, mut connection) = connector.connect().await?;
+    let notified = wakeup.clone();
+    // Drives the connection (statements make progress only while it is
+    // polled) and passes notifications on.
+    let mut driver = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            if let AsyncMessage::Notification(_) = message? {
+                notified.notify_one();
+            }
+        }
+        Ok::<_, tokio_postgres::Error>(())
+    });
+    let result = async {
+        let mut listening = false;
+        loop {
+            let want = *wanted.borrow_and_update();
+            if want != listening {
+                client
+                    .batch_execute(if want { LISTEN } else { UNLISTEN })
+                    .await?;
+                listening = want;
+                if want {
+                    // Events committed while nobody listened: look now.
+                    wakeup.notify_one();
                 }
             }
-            Ok::<_, tokio_postgres::Error>(())
-        });
-        let result = async {
-            let mut listening = false;
-            loop {
-                let want = *wanted.borrow_and_update();
-                if want != listening {
-                    client
-                        .batch_execute(if want { LISTEN } else { UNLISTEN })
-                        .await?;
-                    listening = want;
-                    if want {
-                        // Events committed while nobody listened: look now.
-                        wakeup.notify_one();
+            tokio::select! {
+                changed = wanted.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
                     }
                 }
-                tokio::select! {
-                    changed = wanted.changed() => {
-                        if changed.is_err() {
-                            return Ok(());
-                        }
-                    }
-                    ended = &mut driver => {
-                        ended.map_err(|e| StoreError::Unavailable(e.to_string()))??;
-                        return Err(StoreError::Unavailable(
-                            "the LISTEN connection closed".into(),
-                        ));
-                    }
+                ended = &mut driver => {
+                    ended.map_err(|e| StoreError::Unavailable(e.to_string()))??;
+                    return Err(StoreError::Unavailable(
+                        "the LISTEN connection closed".into(),
+                    ));
                 }
             }
         }
-        .await;
-        driver.abort();
-        result
     }
+    .await;
+    driver.abort();
+    result
 }

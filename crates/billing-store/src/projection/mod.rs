@@ -120,7 +120,14 @@ pub struct LedgerQuery {
     pub end_time: Option<DateTime<Utc>>,
 }
 
-impl Store {
+/// The read models: the projector's batches, their rebuild, and the
+/// queries of accounts for listing and of the ledger ([`Store::read_models`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ReadModels<'a> {
+    pub(crate) store: &'a Store,
+}
+
+impl ReadModels<'_> {
     /// Projects `batch` (read [`FeedRead::EventsWithoutView`] by a
     /// [`Follower`] from checkpoint [`READ_MODELS`]) and moves the checkpoint
     /// past it, in one transaction on the lease's connection: the writes and
@@ -136,7 +143,7 @@ impl Store {
     /// checkpoint.
     ///
     /// [`Follower`]: crate::Follower
-    pub async fn project(&self, batch: &FeedBatch) -> Result<BatchReport, StoreError> {
+    pub async fn project(self, batch: &FeedBatch) -> Result<BatchReport, StoreError> {
         let lease = batch.lease.as_ref().ok_or_else(|| {
             StoreError::Config("a projection batch is read under the checkpoint's lease".into())
         })?;
@@ -198,19 +205,19 @@ impl Store {
     /// batch of up to `limit` of each slice whose lease is free, reported
     /// together. `None` while other processes hold every lease.
     pub async fn project_batch(
-        &self,
+        self,
         name: &str,
         limit: i64,
     ) -> Result<Option<BatchReport>, StoreError> {
-        let slices = self.slices(name).await?;
+        let slices = self.store.feed().slices(name).await?;
         if slices.is_empty() {
             return self
-                .project_leased(self.acquire_lease(name).await?, limit)
+                .project_leased(self.store.feed().acquire_lease(name).await?, limit)
                 .await;
         }
         let mut total: Option<BatchReport> = None;
         for slice in slices {
-            let lease = self.acquire_slice_lease(name, slice).await?;
+            let lease = self.store.feed().acquire_slice_lease(name, slice).await?;
             let Some(report) = self.project_leased(lease, limit).await? else {
                 continue;
             };
@@ -227,7 +234,7 @@ impl Store {
 
     /// [`Self::project_batch`] of one checkpoint, under its `lease`.
     async fn project_leased(
-        &self,
+        self,
         lease: Option<crate::Lease>,
         limit: i64,
     ) -> Result<Option<BatchReport>, StoreError> {
@@ -236,6 +243,8 @@ impl Store {
         };
         let after = lease.cursor().await?;
         let mut batch = self
+            .store
+            .feed()
             .read_batch(
                 after,
                 limit,
@@ -248,22 +257,18 @@ impl Store {
         self.project(&batch).await.map(Some)
     }
 
-    /// Deletes the read models and projects every event again, in one
-    /// transaction: readers see the old tables until it commits. It holds
-    /// the checkpoint's row throughout: the live projector's batches fail
+    /// Deletes the read models and projects every event again, `batch`
+    /// events at a time, in one transaction, calling `progress` after every
+    /// batch: readers see the old tables until it commits. It holds the
+    /// checkpoint's row throughout: the live projector's batches fail
     /// meanwhile and are tried again, until one finds the checkpoint moved
     /// and carries on from there.
-    pub async fn rebuild_read_models(&self, batch: i64) -> Result<BatchReport, StoreError> {
-        self.rebuild_read_models_with(batch, |_| {}).await
-    }
-
-    /// [`Self::rebuild_read_models`], calling `progress` after every batch.
     pub async fn rebuild_read_models_with(
-        &self,
+        self,
         batch: i64,
         mut progress: impl FnMut(RebuildProgress) + Send,
     ) -> Result<BatchReport, StoreError> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.store.pool.get().await?;
         let tx = client.transaction().await?;
         tx.query(LOCK_EVERY_CHECKPOINT, &[&READ_MODELS]).await?;
         // An estimate (events may commit while the rebuild runs): it only
@@ -316,28 +321,9 @@ impl Store {
         Ok(total)
     }
 
-    /// The read model's folded account (without holds) and the balances of
-    /// its last projected event.
-    pub async fn read_model_account(
-        &self,
-        account_id: Uuid,
-    ) -> Result<Option<(Account, Balances)>, StoreError> {
-        let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
-                "SELECT state, balance_credit, balance_token, reserved_credit, reserved_token,
-                        available_credit, available_token
-                 FROM rm_accounts WHERE account_id = $1",
-                &[&account_id],
-            )
-            .await?;
-        row.map(|r| Ok((serde_json::from_value(r.get(0))?, balances(&r, 1))))
-            .transpose()
-    }
-
     /// The version the read models have reached for one account (0 if none).
-    pub async fn projected_version(&self, account_id: Uuid) -> Result<i64, StoreError> {
-        let client = self.pool.get().await?;
+    pub async fn projected_version(self, account_id: Uuid) -> Result<i64, StoreError> {
+        let client = self.store.pool.get().await?;
         let row = client
             .query_opt(
                 "SELECT version FROM rm_accounts WHERE account_id = $1",
@@ -350,12 +336,12 @@ impl Store {
     /// Accounts from the read model by id, after `after`, optionally of one
     /// customer.
     pub async fn list_accounts(
-        &self,
+        self,
         customer_id: Option<Uuid>,
         after: Option<Uuid>,
         limit: i64,
     ) -> Result<Vec<AccountView>, StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.store.pool.get().await?;
         let rows = client
             .query(
                 "SELECT state, balance_credit, balance_token, reserved_credit, reserved_token,
@@ -370,8 +356,8 @@ impl Store {
     }
 
     /// A page of one account's ledger, newest first.
-    pub async fn ledger(&self, q: &LedgerQuery) -> Result<Vec<LedgerEntry>, StoreError> {
-        let client = self.pool.get().await?;
+    pub async fn ledger(self, q: &LedgerQuery) -> Result<Vec<LedgerEntry>, StoreError> {
+        let client = self.store.pool.get().await?;
         let reference_type = q.reference_type.map(|r| r.as_str());
         let rows = client
             .query(

@@ -91,6 +91,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0015_feed_slices",
         include_str!("../../../migrations/0015_feed_slices.sql"),
     ),
+    (
+        16,
+        "0016_drop_event_id_index",
+        include_str!("../../../migrations/0016_drop_event_id_index.sql"),
+    ),
 ];
 
 /// The first line of a migration that runs outside a transaction.

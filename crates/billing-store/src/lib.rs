@@ -40,6 +40,12 @@
 //!   (no events); [`Store::deliveries`] ([`Deliveries`], `deliveries.rs`):
 //!   the dispatcher's queue.
 //!
+//! An event keeps the whole account view after it only on its account's
+//! first event and every 32nd ([`Store::with_view_snapshots`]); every other
+//! view is folded from the last kept one wherever one is read (`views.rs`:
+//! the feed's events, the watch history, as-of reads, webhook payloads,
+//! replayed outcomes), with a bounded cache of each account's last view.
+//!
 //! The handles are `Copy` and hold only a reference to the store:
 //! `store.accounts().account(id)`. The store itself is cheap to clone (its
 //! parts are shared).

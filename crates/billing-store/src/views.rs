@@ -179,19 +179,6 @@ impl ViewCache {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_first_event_and_every_nth_keep_the_view() {
-        let kept: Vec<i64> = (1..=100).filter(|v| keeps_view(*v, 32)).collect();
-        assert_eq!(kept, [1, 33, 65, 97]);
-        assert!((1..=100).all(|v| keeps_view(v, 1)));
-        assert!((1..=100).all(|v| keeps_view(v, 0)));
-    }
-}
-
 impl crate::Store {
     /// Gives every event of `events` (in feed order: per account, version
     /// order) that keeps no view the view after it: folded onto the view
@@ -284,5 +271,18 @@ impl crate::Store {
             views.extend(views_in(&**client, &ranges).await?);
         }
         Ok(views)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_event_and_every_nth_keep_the_view() {
+        let kept: Vec<i64> = (1..=100).filter(|v| keeps_view(*v, 32)).collect();
+        assert_eq!(kept, [1, 33, 65, 97]);
+        assert!((1..=100).all(|v| keeps_view(v, 1)));
+        assert!((1..=100).all(|v| keeps_view(v, 0)));
     }
 }

@@ -99,6 +99,9 @@ pub struct FeedBatch {
     /// The lease the batch was read under, for a handler that commits its
     /// writes with the checkpoint (the projector).
     pub(crate) lease: Option<Arc<Lease>>,
+    /// A slice's page that came back short: the feed's head when it was
+    /// read, up to which the page held every event of the slice.
+    pub(crate) skip_to: Option<Cursor>,
     /// Where such a handler left the checkpoint.
     checkpointed: Mutex<Option<Cursor>>,
 }
@@ -114,6 +117,7 @@ impl FeedBatch {
             views: Vec::new(),
             missing_views: Vec::new(),
             lease: None,
+            skip_to: None,
             checkpointed: Mutex::new(None),
         }
     }
@@ -388,6 +392,10 @@ impl Follower {
         // (see `Pace::recheck`).
         let mut rechecks_left = 0;
         let mut woken = false;
+        // Where the checkpoint is stored (the cursor may be ahead of it,
+        // moved past other slices' events alone), and when it last was.
+        let mut stored = cursor;
+        let mut skip_stored = Instant::now();
         loop {
             if stopping(shutdown) {
                 return;
@@ -418,6 +426,19 @@ impl Follower {
                 }
             };
             if !batch.is_empty() {
+                // The checkpoint a handler may commit with its writes (the
+                // projector) must be where the batch starts: store a move
+                // past other slices' events first.
+                if batch.after != stored
+                    && let Some(lease) = &lease
+                {
+                    if let Err(error) = lease.advance(batch.after).await {
+                        tracing::warn!(reader, %error, "{reader}: cannot store the checkpoint");
+                        return;
+                    }
+                    stored = batch.after;
+                    skip_stored = Instant::now();
+                }
                 if let Err(error) = handler.handle(&batch).await {
                     tracing::warn!(reader, %error, ?cursor, "{reader}: a batch failed; retrying from the checkpoint");
                     if pause(shutdown, BACKOFF).await {
@@ -425,7 +446,10 @@ impl Follower {
                     }
                     if let Some(lease) = &lease {
                         match lease.cursor().await {
-                            Ok(at) => cursor = at,
+                            Ok(at) => {
+                                cursor = at;
+                                stored = at;
+                            }
                             Err(error) => {
                                 tracing::warn!(reader, %error, "{reader}: lost the checkpoint");
                                 return;
@@ -445,6 +469,27 @@ impl Follower {
                     }
                     (None, None) => batch.last,
                 };
+                stored = cursor;
+            }
+            if let Some(head) = batch.skip_to
+                && head > cursor
+            {
+                // A slice's short page held every event of the slice up to
+                // the feed's head: go there, and store it now and then, so
+                // that neither the next read nor a restart scans back over
+                // other slices' events.
+                cursor = head;
+            }
+            if cursor != stored
+                && let Some(lease) = &lease
+                && skip_stored.elapsed() >= STORE_SKIP_EVERY
+            {
+                if let Err(error) = lease.advance(cursor).await {
+                    tracing::warn!(reader, %error, "{reader}: cannot store the checkpoint");
+                    return;
+                }
+                stored = cursor;
+                skip_stored = Instant::now();
             }
             let read = batch.len;
             drop(batch);
@@ -493,17 +538,23 @@ impl Follower {
         slice: Option<Slice>,
         handler: &mut H,
     ) -> Result<FeedBatch, StoreError> {
-        let rows = self
+        let (rows, skip_to) = self
             .store
             .feed()
             .feed_page(cursor, self.pace.batch, H::READ, slice)
             .await?;
         let mut batch = decode(&rows, cursor, H::READ, |id| handler.wants(id))?;
+        batch.skip_to = skip_to;
         drop(rows);
         self.store.feed().complete(&mut batch, H::READ).await?;
         Ok(batch)
     }
 }
+
+/// How often a slice's reader stores a checkpoint it moved past other
+/// slices' events alone (moving it costs a write; not moving it, a scan back
+/// over them after a restart).
+const STORE_SKIP_EVERY: Duration = Duration::from_secs(5);
 
 /// Whether the reader should stop: told so, or nobody is left to tell it.
 pub(super) fn stopping(shutdown: &watch::Receiver<bool>) -> bool {

@@ -361,23 +361,25 @@ impl Feed<'_> {
         slice: Option<Slice>,
         wants: impl Fn(Uuid) -> bool,
     ) -> Result<FeedBatch, StoreError> {
-        let rows = self.feed_page(after, limit, read, slice).await?;
+        let (rows, _) = self.feed_page(after, limit, read, slice).await?;
         let mut batch = decode(&rows, after, read, wants)?;
         self.complete(&mut batch, read).await?;
         Ok(batch)
     }
 
-    /// The rows of [`Feed::read_batch`]'s first step.
+    /// The rows of [`Feed::read_batch`]'s first step, and for a slice's
+    /// page that came back short, the feed's head: every event of the slice
+    /// up to it is in the page, so the reader may move there.
     pub(crate) async fn feed_page(
         self,
         after: Cursor,
         limit: i64,
         read: FeedRead,
         slice: Option<Slice>,
-    ) -> Result<Vec<Row>, StoreError> {
+    ) -> Result<(Vec<Row>, Option<Cursor>), StoreError> {
         let mut client = self.store.pool.get().await?;
         if slice.is_none() {
-            return feed_rows(&**client, after, limit, read, None).await;
+            return Ok((feed_rows(&**client, after, limit, read, None).await?, None));
         }
         // The planner takes the slice's condition for a rare one (an
         // expression's equality: 0.5% of the rows, not 1 in 8), costs the
@@ -388,9 +390,18 @@ impl Feed<'_> {
         let tx = client.transaction().await?;
         tx.batch_execute("SET LOCAL jit = off; SET LOCAL max_parallel_workers_per_gather = 0")
             .await?;
+        // The feed's head first: when the slice's page then comes back short,
+        // it held every event of the slice up to that head (all of them in
+        // transactions finished before the page's own snapshot), so the
+        // reader may move past the head even if none of them was its own.
+        // Without that, a slice that no event falls in (one hot account
+        // fills a single slice) would scan the whole feed from where it last
+        // had an event, on every read.
+        let head = head(&*tx).await?;
         let rows = feed_rows(&*tx, after, limit, read, slice).await?;
         tx.commit().await?;
-        Ok(rows)
+        let skip_to = ((rows.len() as i64) < limit && head > after).then_some(head);
+        Ok((rows, skip_to))
     }
 
     /// [`Feed::read_batch`]'s last step, after [`decode`]: what reading

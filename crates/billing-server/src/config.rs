@@ -280,7 +280,7 @@ pub struct DatabaseArgs {
     /// view after it (its first event always does); the others' views are
     /// folded from the last kept one when read. 1 keeps it on every event,
     /// as releases before this setting did: set it to 1 while processes of
-    /// such a release still run (README, "Upgrading").
+    /// such a release still run (README, "Storage per event").
     #[arg(
         long,
         env = "BILLING_VIEW_SNAPSHOT_EVERY",
@@ -293,6 +293,17 @@ pub struct DatabaseArgs {
     /// onto it instead of reading the last kept view back.
     #[arg(long, env = "BILLING_VIEW_CACHE_ACCOUNTS", default_value_t = billing_store::DEFAULT_VIEW_CACHE)]
     pub view_cache_accounts: usize,
+    /// Accounts each group-commit writer keeps in memory (about 2 KB each):
+    /// a command on one of them skips reading and locking it. Beyond it
+    /// the least recently used goes, and its next command takes the long
+    /// way.
+    #[arg(
+        long,
+        env = "BILLING_WRITER_CACHE_ACCOUNTS",
+        default_value_t = billing_store::DEFAULT_WRITER_CACHE,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    pub writer_cache_accounts: usize,
 }
 
 impl DatabaseArgs {
@@ -635,6 +646,7 @@ impl ServeConfig {
                 command_writers: billing_store::DEFAULT_WRITERS,
                 view_snapshot_every: billing_store::DEFAULT_VIEW_EVERY,
                 view_cache_accounts: billing_store::DEFAULT_VIEW_CACHE,
+                writer_cache_accounts: billing_store::DEFAULT_WRITER_CACHE,
             },
             jwt: JwtArgs::secret(jwt_secret),
             kafka: KafkaArgs {

@@ -87,7 +87,8 @@ impl Application {
         )?
         .with_writers(config.database.command_writers)
         .with_view_snapshots(config.database.view_snapshot_every)
-        .with_view_cache(config.database.view_cache_accounts);
+        .with_view_cache(config.database.view_cache_accounts)
+        .with_writer_cache(config.database.writer_cache_accounts);
         if config.migrate {
             let applied = store.migrate().await.context("applying migrations")?;
             tracing::info!(applied, "migrations are up to date");

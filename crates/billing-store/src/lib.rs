@@ -165,6 +165,11 @@ pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 /// More cores may want more.
 pub const DEFAULT_WRITERS: usize = 1;
 
+/// Accounts each group-commit writer keeps in memory, unless told
+/// otherwise: about 2 KB each with their holds (more for accounts with many
+/// live holds or promotional grants).
+pub const DEFAULT_WRITER_CACHE: usize = 16_384;
+
 /// Accounts whose last view the feed's readers remember, unless told
 /// otherwise: about 1 KB each in memory.
 pub const DEFAULT_VIEW_CACHE: usize = 16_384;
@@ -201,6 +206,8 @@ pub struct Store {
     view_every: i64,
     /// The last view the feed's readers saw of each account.
     view_cache: Arc<views::ViewCache>,
+    /// Accounts each group-commit writer keeps in memory.
+    writer_cache: usize,
 }
 
 impl std::fmt::Debug for Store {
@@ -255,6 +262,7 @@ impl Store {
             routes: Arc::default(),
             view_every: views::DEFAULT_VIEW_EVERY,
             view_cache: Arc::new(views::ViewCache::new(DEFAULT_VIEW_CACHE)),
+            writer_cache: DEFAULT_WRITER_CACHE,
         })
     }
 
@@ -283,6 +291,16 @@ impl Store {
         self
     }
 
+    /// The same store whose writers each keep at most `accounts` accounts
+    /// in memory (at least 1; and writers of its own). A command on an
+    /// account in its writer's memory skips the account's read and lock
+    /// (the fast way, `writer/fast.rs`); the others take the long way.
+    pub fn with_writer_cache(mut self, accounts: usize) -> Self {
+        self.writer_cache = accounts.max(1);
+        self.writers = Arc::default();
+        self
+    }
+
     /// The same store remembering the last view of at most `accounts`
     /// accounts for the feed's readers (0: none; see `views.rs`).
     pub fn with_view_cache(mut self, accounts: usize) -> Self {
@@ -300,6 +318,7 @@ impl Store {
                     clock: self.clock.clone(),
                     routes: self.routes.clone(),
                     view_every: self.view_every,
+                    cached_accounts: self.writer_cache,
                 }),
             )
         })

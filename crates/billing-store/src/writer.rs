@@ -63,8 +63,6 @@ use fast::InFlight;
 pub(crate) const MAX_BATCH: usize = 512;
 /// Attempts of a batch that keeps losing races before it is split up.
 const MAX_ATTEMPTS: u32 = 10;
-/// Accounts each writer keeps in memory.
-const CACHED_ACCOUNTS: usize = 16_384;
 /// Commands that may wait for each writer before callers wait to enqueue.
 const QUEUE: usize = 4_096;
 
@@ -87,6 +85,8 @@ pub(crate) struct Shared {
     pub routes: Arc<Routes>,
     /// Every how many versions an event keeps the account view after it.
     pub view_every: i64,
+    /// Accounts each writer keeps in memory.
+    pub cached_accounts: usize,
 }
 
 fn nonzero(n: usize) -> NonZeroUsize {
@@ -108,7 +108,7 @@ impl Writers {
                 let writer = Writer {
                     shared: shared.clone(),
                     connection: None,
-                    cache: LruCache::new(nonzero(CACHED_ACCOUNTS)),
+                    cache: LruCache::new(nonzero(shared.cached_accounts)),
                 };
                 tokio::spawn(writer.run(rx));
                 tx

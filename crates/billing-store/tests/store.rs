@@ -865,3 +865,37 @@ async fn the_publishers_feed_gives_every_event_its_predecessors_available_credit
         assert_eq!(seen, all.len(), "batches of {limit}");
     }
 }
+
+#[tokio::test]
+async fn a_writer_remembering_one_account_runs_commands_on_many_the_long_way() {
+    let db = TestDb::new().await;
+    let store = store(&db).await.with_writer_cache(1);
+    let ids = [
+        created(&store, PlanType::Free, 1_000_000).await,
+        created(&store, PlanType::Free, 1_000_000).await,
+        created(&store, PlanType::Free, 1_000_000).await,
+    ];
+    // Each command's account is out of the writer's memory: read and locked
+    // again every time, the answers as with every account remembered.
+    for round in 0..5 {
+        for id in ids {
+            let outcome = store
+                .commands()
+                .execute(id, &meta(None, "add", b""), &add(1_000))
+                .await
+                .unwrap()
+                .unwrap();
+            let Outcome::Account(view) = outcome else {
+                panic!("{outcome:?}")
+            };
+            assert_eq!(view.balance_credit, Micros(1_000_000 + 1_000 * (round + 1)));
+        }
+    }
+    for id in ids {
+        let events = store.feed().account_events(id).await.unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.version).collect::<Vec<_>>(),
+            (1..=events.len() as i64).collect::<Vec<_>>()
+        );
+    }
+}

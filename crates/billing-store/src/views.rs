@@ -79,7 +79,7 @@ pub(crate) async fn views_in(
     let los: Vec<i64> = ranges.iter().map(|r| r.1).collect();
     let his: Vec<i64> = ranges.iter().map(|r| r.2).collect();
     let rows = client.query(VIEWS_IN, &[&ids, &los, &his]).await?;
-    let mut current: Option<(i64, AccountView)> = None;
+    let mut current: Option<AccountView> = None;
     let mut range = 0;
     for row in &rows {
         let i: i64 = row.get(0);
@@ -102,32 +102,42 @@ pub(crate) async fn views_in(
             available_credit: Micros(row.get(9)),
             available_token: Tokens(row.get(10)),
         };
-        let corrupt = |what: &str| {
-            StoreError::Corrupt(format!("account {account_id} version {version}: {what}"))
-        };
         let view = match row.try_get::<_, Option<Json<AccountView>>>(3)? {
             Some(Json(view)) => view,
             None => {
                 let Json(event): Json<Event> = row.try_get(4)?;
-                match (current.take(), &event) {
-                    (Some((previous, view)), _) if previous + 1 == version => view
-                        .after(&event, at, balances)
-                        .map_err(|_| corrupt("overflows"))?,
-                    (None, Event::AccountCreated(created)) => {
-                        Account::created(account_id, created, at)
-                            .view_recorded(at, balances)
-                            .map_err(|_| corrupt("overflows"))?
-                    }
-                    _ => return Err(corrupt("no view to fold from")),
-                }
+                fold(current.take(), account_id, version, &event, at, balances)?
             }
         };
         if version >= lo {
             views.insert((account_id, version), view.clone());
         }
-        current = Some((version, view));
+        current = Some(view);
     }
     Ok(views)
+}
+
+/// The view after event `version` of an account (`event`, at `at`, with
+/// `balances` recorded): `previous` (the view after the version before)
+/// folded with it, or the view an account's creation starts.
+fn fold(
+    previous: Option<AccountView>,
+    account_id: Uuid,
+    version: i64,
+    event: &Event,
+    at: DateTime<Utc>,
+    balances: Balances,
+) -> Result<AccountView, StoreError> {
+    let corrupt =
+        |what: &str| StoreError::Corrupt(format!("account {account_id} version {version}: {what}"));
+    match (previous, event) {
+        (Some(view), _) if view.version + 1 == version => view.after(event, at, balances),
+        (_, Event::AccountCreated(created)) => {
+            Account::created(account_id, created, at).view_recorded(at, balances)
+        }
+        _ => return Err(corrupt("no view to fold from")),
+    }
+    .map_err(|_| corrupt("overflows"))
 }
 
 /// The last view a reader of the feed saw of each account, shared by a
@@ -215,25 +225,16 @@ impl crate::Store {
             }
         }
         for e in events.iter_mut() {
-            let corrupt = |what: &str| {
-                StoreError::Corrupt(format!(
-                    "account {} version {}: {what}",
-                    e.account_id, e.version
-                ))
-            };
             let view = match e.account_after.take() {
                 Some(view) => view,
-                None => match (before.remove(&e.account_id), &e.event) {
-                    (Some(view), _) if view.version + 1 == e.version => view
-                        .after(&e.event, e.occurred_at, e.balances)
-                        .map_err(|_| corrupt("overflows"))?,
-                    (_, Event::AccountCreated(created)) => {
-                        Account::created(e.account_id, created, e.occurred_at)
-                            .view_recorded(e.occurred_at, e.balances)
-                            .map_err(|_| corrupt("overflows"))?
-                    }
-                    _ => return Err(corrupt("no view to fold from")),
-                },
+                None => fold(
+                    before.remove(&e.account_id),
+                    e.account_id,
+                    e.version,
+                    &e.event,
+                    e.occurred_at,
+                    e.balances,
+                )?,
             };
             before.insert(e.account_id, view.clone());
             e.account_after = Some(view);

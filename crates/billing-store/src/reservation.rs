@@ -56,11 +56,14 @@ pub(crate) fn joined_view(
     if let Some(Json(view)) = row.try_get::<_, Option<Json<AccountView>>>(at)? {
         return Ok(Some(view));
     }
+    Ok(named(row, at)?.and_then(|key| folded.get(&key).cloned()))
+}
+
+/// The account and version a row names in the two columns after `at`.
+fn named(row: &Row, at: usize) -> Result<Option<(Uuid, i64)>, StoreError> {
     let account_id: Option<Uuid> = row.try_get(at + 1)?;
     let version: Option<i64> = row.try_get(at + 2)?;
-    Ok(account_id
-        .zip(version)
-        .and_then(|key| folded.get(&key).cloned()))
+    Ok(account_id.zip(version))
 }
 
 /// The views that rows of `sql::LOAD_KEYS` or `sql::LOAD_RESERVATIONS`
@@ -79,9 +82,7 @@ pub(crate) async fn folded_views(
         {
             continue;
         }
-        let account_id: Option<Uuid> = row.try_get(at + 1)?;
-        let version: Option<i64> = row.try_get(at + 2)?;
-        if let (Some(account_id), Some(version)) = (account_id, version) {
+        if let Some((account_id, version)) = named(row, at)? {
             ranges.push((account_id, version, version));
         }
     }
